@@ -1,0 +1,50 @@
+"""What every backbone offers: a fixed input size, a dimension, and ``embed``.
+
+Why an abstract base: the extraction pipeline, the store and the ranking never
+ask which network made a vector, so adding a backbone is adding one file in
+this folder plus a line in the registry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+class BackboneUnavailable(RuntimeError):
+    """The backbone cannot be built here; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone as the registry lists it, before anything is built."""
+
+    name: str
+    family: str  # "cnn" or "handcrafted"
+    input_size: int
+    dim: int
+    licence: str
+    source: str
+    build: Callable[..., "Backbone"]
+    readiness: Callable[[], str | None]  # None when ready offline, else why not
+
+    def ready(self) -> tuple[bool, str]:
+        why = self.readiness()
+        return (why is None, why or "ready offline")
+
+
+class Backbone(ABC):
+    """Turns a batch of RGB uint8 images at ``input_size`` into descriptors."""
+
+    name: str
+    input_size: int
+    dim: int
+    device: str = "CPU"
+    pooling: str = "none"
+
+    @abstractmethod
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """``(N, S, S, 3)`` uint8 -> ``(N, dim)`` float32, pooled, not normalised."""

@@ -1,0 +1,88 @@
+"""A Keras feature extractor with pooling in the graph, on any Keras backend.
+
+Why in the graph: the pooled vector (1280 floats) leaves the device instead of
+the feature map (7x7x1280), and the whole forward pass is one compiled call.
+Only ``keras.layers`` and ``keras.ops`` are used here, so the same code runs
+under TensorFlow, JAX or torch (``KERAS_BACKEND``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import numpy as np
+
+from .. import pooling as pooling_math
+from ..device import Placement, placed
+from .base import Backbone
+
+
+@keras.saving.register_keras_serializable(package="retrieval")
+class GlobalPooling(keras.layers.Layer):
+    """GAP, MAC or GeM over the spatial axes, by the formulas in ``pooling``."""
+
+    def __init__(self, kind: str = "gem", p: float = pooling_math.DEFAULT_GEM_P, **kwargs):
+        super().__init__(**kwargs)
+        self.kind = kind
+        self.p = float(p)
+
+    def call(self, x):
+        return pooling_math.pool(x, self.kind, self.p, xp=keras.ops)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "p": self.p}
+
+
+class KerasBackbone(Backbone):
+    """Wraps a feature-map model: preprocess in numpy, then one compiled call.
+
+    Batches are padded to a fixed size so that compiled backends (XLA, JAX)
+    trace once instead of once per ragged final batch.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        feature_model: keras.Model,
+        preprocess: Callable[[np.ndarray], np.ndarray],
+        pooling: str,
+        gem_p: float,
+        placement: Placement,
+        batch_size: int = 32,
+    ):
+        self.name = name
+        self.feature_model = feature_model
+        self.preprocess = preprocess
+        self.input_size = int(feature_model.input_shape[1])
+        self.dim = int(feature_model.output_shape[-1])
+        self.pooling = pooling
+        self.gem_p = gem_p
+        self.placement = placement
+        self.device = placement.description
+        self.batch_size = batch_size
+        with placed(placement):
+            pooled = GlobalPooling(pooling, gem_p, name="pool")(feature_model.output)
+            self.model = keras.Model(feature_model.input, pooled, name=f"{feature_model.name}_{pooling}")
+
+    def _run(self, model: keras.Model, images: np.ndarray) -> np.ndarray:
+        n = len(images)
+        if n == 0:
+            return np.zeros((0,) + tuple(model.output_shape[1:]), np.float32)
+        x = self.preprocess(np.asarray(images, dtype=np.float32))
+        size = max(self.batch_size, n) if n > self.batch_size else self.batch_size
+        if n < size:
+            x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
+        with placed(self.placement):
+            out = model.predict_on_batch(x)
+        return np.asarray(out[:n], dtype=np.float32)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        return self._run(self.model, images)
+
+    def feature_maps(self, images: np.ndarray) -> np.ndarray:
+        """The last conv feature map, for explanations: ``(N, h, w, C)``."""
+        return self._run(self.feature_model, images)
