@@ -23,8 +23,32 @@ class Placement:
     description: str  # what a person reads in timings, e.g. "GPU (NVIDIA H100) via jax"
 
 
+def import_keras():
+    """Import Keras (and TensorFlow) with the C++ start-up banner silenced.
+
+    TensorFlow prints oneDNN and absl notices to file descriptor 2 before any
+    setting can stop them; they bury our own one-line messages. Python-level
+    errors still propagate and print normally after the descriptor is back.
+    """
+    import os
+    import sys
+
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import keras
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return keras
+
+
 def _backend() -> str:
-    import keras
+    keras = import_keras()
 
     return keras.config.backend()
 

@@ -48,3 +48,6 @@ class Backbone(ABC):
     @abstractmethod
     def embed(self, images: np.ndarray) -> np.ndarray:
         """``(N, S, S, 3)`` uint8 -> ``(N, dim)`` float32, pooled, not normalised."""
+
+    def with_pooling(self, pooling: str, gem_p: float) -> "Backbone":
+        return self  # descriptors without a feature map have nothing to pool

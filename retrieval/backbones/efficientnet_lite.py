@@ -103,7 +103,8 @@ def weights_file(variant: LiteVariant) -> Path | None:
 
 def build_classifier(variant: LiteVariant, input_size: int | None = None):
     """The full network with its ImageNet head; layers named for the mapping."""
-    import keras
+    from ..device import import_keras
+    keras = import_keras()
     from keras import layers
 
     size = input_size or variant.resolution
@@ -194,7 +195,8 @@ def load_classifier(variant: LiteVariant, input_size: int | None = None):
 
 def _build(variant: LiteVariant):
     def build(pooling: str, gem_p: float, placement, input_size: int | None = None, weights: str | None = None, batch_size: int = 32):
-        import keras
+        from ..device import import_keras
+        keras = import_keras()
 
         from ..device import placed
         from .keras_model import KerasBackbone

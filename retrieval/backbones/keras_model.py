@@ -83,6 +83,14 @@ class KerasBackbone(Backbone):
     def embed(self, images: np.ndarray) -> np.ndarray:
         return self._run(self.model, images)
 
+    def with_pooling(self, pooling: str, gem_p: float) -> "KerasBackbone":
+        """The same network (shared weights, no rebuild) with another pooling."""
+        if (pooling, gem_p) == (self.pooling, self.gem_p):
+            return self
+        twin = KerasBackbone(self.name, self.feature_model, self.preprocess, pooling, gem_p, self.placement, self.batch_size)
+        twin.__dict__.update({k: v for k, v in self.__dict__.items() if k not in twin.__dict__})
+        return twin
+
     def feature_maps(self, images: np.ndarray) -> np.ndarray:
         """The last conv feature map, for explanations: ``(N, h, w, C)``."""
         return self._run(self.feature_model, images)

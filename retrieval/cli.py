@@ -1,0 +1,224 @@
+"""``python -m retrieval``: a thin command line over the service layer.
+
+Why thin: every command is one ``Studio`` call plus printing, so the CLI, the
+app and the Python API cannot drift apart. Errors a user can fix are one line
+on stderr and exit status 2; bad images inside a folder are reported and
+skipped without failing the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import config as C
+from .pooling import POOLINGS
+
+EXIT_USAGE = 2
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="SQLite file (default: the app's data folder, see $RETRIEVAL_DATA_DIR)")
+    p.add_argument("--collection", default="default", help="gallery name (default: default)")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=C.DEFAULT_BACKBONE, help=f"backbone (default: {C.DEFAULT_BACKBONE}); see 'models'")
+    p.add_argument("--pooling", default=C.DEFAULT_POOLING, choices=POOLINGS, help=f"default: {C.DEFAULT_POOLING}")
+    p.add_argument("--gem-p", type=float, default=C.DEFAULT_GEM_P, help="GeM exponent (default: 3)")
+    p.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's own)")
+    p.add_argument("--weights", default="imagenet", help="'imagenet' or a local Keras weights file")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+
+
+def _add_search(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", default=C.DEFAULT_METRIC, choices=C.METRICS, help=f"default: {C.DEFAULT_METRIC}")
+    p.add_argument("--rerank", default=C.DEFAULT_RERANK, choices=C.RERANKS, help="none, qe (alpha query expansion) or dba")
+    p.add_argument("--whiten", action="store_true", default=C.DEFAULT_WHITEN, help="PCA-whitening learned on the collection")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m retrieval", description="Content-based image retrieval with CNN features.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list backbones, their dimension, and whether they work offline")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("index", help="add a folder of images (recursively) to a collection")
+    p.add_argument("folder")
+    _add_db(p)
+    _add_model(p)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores, 2..8)")
+    p.add_argument("--labels", help="CSV of filename,label (default: first-level subfolder names)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("search", help="rank a collection against a query image")
+    p.add_argument("image")
+    _add_db(p)
+    _add_model(p)
+    _add_search(p)
+    p.add_argument("-k", type=int, default=10)
+
+    p = sub.add_parser("evaluate", help="leave-one-out mAP, P@k, R@k, nDCG over labelled images")
+    _add_db(p)
+    _add_model(p)
+    _add_search(p)
+
+    p = sub.add_parser("remove", help="remove an image by path, name or sha256")
+    p.add_argument("target", metavar="PATH_OR_HASH")
+    p.add_argument("--db")
+    p.add_argument("--collection", default=None, help="only from this collection (default: from every collection)")
+
+    p = sub.add_parser("collections", help="list collections")
+    p.add_argument("--db")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _extractor(args) -> C.ExtractorConfig:
+    return C.ExtractorConfig(args.model, args.pooling, args.gem_p, args.input_size, args.weights)
+
+
+def _search_config(args, k: int = 10) -> C.SearchConfig:
+    return C.SearchConfig(args.metric, k, args.rerank, args.whiten)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _studio(args, must_exist: bool = True):
+    from .service import Studio
+    from .settings import default_db
+
+    db = Path(args.db) if getattr(args, "db", None) else default_db()
+    if must_exist and not db.is_file():
+        raise FileNotFoundError(f"no database at {db}: run 'python -m retrieval index FOLDER --db {db}' first")
+    return Studio(db, device=getattr(args, "device", "auto"), batch_size=getattr(args, "batch_size", 32) or 32,
+                  workers=getattr(args, "workers", None))
+
+
+def cmd_models(args) -> int:
+    from .service import Studio
+
+    models = Studio.models()
+    if args.json:
+        _print_json(models)
+        return 0
+    for m in models:
+        mark = "ready" if m["ready"] else "not ready"
+        print(f"{m['name']:<20} {m['family']:<12} dim {m['dim']:<5} input {m['input_size']:<4} {mark}: {m['status']}")
+    return 0
+
+
+def cmd_index(args) -> int:
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder: {folder}")
+    studio = _studio(args, must_exist=False)
+    bar = None
+
+    def progress(done: int, total: int, message: str) -> None:
+        nonlocal bar
+        if args.quiet or args.json:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="img", desc="indexing", file=sys.stderr)
+        bar.n = done
+        bar.set_postfix_str(message, refresh=True)
+
+    report = studio.index(folder, args.collection, _extractor(args), args.labels, progress)
+    if bar is not None:
+        bar.close()
+    if args.json:
+        _print_json(report.to_json())
+        return 0
+    print(f"{len(report.added)} added, {len(report.duplicates)} duplicates, {report.unchanged} already indexed, "
+          f"{len(report.skipped)} skipped  ({report.computed} embeddings computed, {report.reused} reused, "
+          f"{report.seconds:.1f} s, {report.images_per_second:.1f} img/s on {report.device})")
+    for name, original in report.duplicates:
+        print(f"  duplicate: {name} (same content as {original})")
+    for skip in report.skipped:
+        print(f"  skipped: {skip.name}: {skip.reason}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    image = Path(args.image)
+    if not image.is_file():
+        raise FileNotFoundError(f"no such image: {image}")
+    studio = _studio(args)
+    result = studio.search(image, args.collection, _extractor(args), _search_config(args, args.k))
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    for hit in result.hits:
+        print(f"{hit.rank:>3}  {hit.score:9.4f}  {hit.label or '-':<16} {hit.path or hit.name}")
+    t = result.timings
+    print(f"decode {t['decode_ms']:.1f} ms, embed {t['embed_ms']:.1f} ms, search {t['search_ms']:.1f} ms on {result.device}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    studio = _studio(args)
+    report = studio.evaluate(args.collection, _extractor(args), _search_config(args))
+    if args.json:
+        _print_json(report.to_json())
+        return 0
+    print(f"{report.queries} queries, {_extractor(args).resolved().label}, metric {args.metric}, rerank {args.rerank}"
+          f"{', whitened' if args.whiten else ''}")
+    print(f"mAP {report.map:.4f}  P@1 {report.p_at[1]:.4f}  P@5 {report.p_at[5]:.4f}  P@10 {report.p_at[10]:.4f}  "
+          f"R@10 {report.r_at[10]:.4f}  nDCG@10 {report.ndcg_at_10:.4f}  ({report.seconds:.2f} s)")
+    for label, ap in report.per_class_ap.items():
+        print(f"  AP {label:<20} {ap:.4f}")
+    return 0
+
+
+def cmd_remove(args) -> int:
+    studio = _studio(args)
+    removed = studio.remove(args.target, args.collection)
+    if not removed:
+        print(f"nothing matched {args.target}", file=sys.stderr)
+        return 1
+    print(f"removed {len(removed)}: {', '.join(removed)}")
+    return 0
+
+
+def cmd_collections(args) -> int:
+    studio = _studio(args)
+    rows = studio.collections()
+    if args.json:
+        _print_json([c.__dict__ for c in rows])
+        return 0
+    for c in rows:
+        print(f"{c.name:<24} {c.images:>7} images  {c.labelled:>7} labelled  {c.labels:>4} labels")
+    return 0
+
+
+COMMANDS = {"models": cmd_models, "index": cmd_index, "search": cmd_search, "evaluate": cmd_evaluate,
+            "remove": cmd_remove, "collections": cmd_collections}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .backbones import BackboneUnavailable
+    from .device import DeviceError
+    from .service import ServiceError
+    from .store import StoreError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (FileNotFoundError, ServiceError, StoreError, BackboneUnavailable, DeviceError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,78 @@
+"""The two choices a user makes: how images become vectors, and how to rank.
+
+Why frozen dataclasses: a configuration is a value. Its ``key`` identifies
+the embeddings it produced in the store, so two equal configurations share
+cached vectors and a changed one never reuses stale ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+# Chosen from benchmarks/quality.py on Fashion-MNIST; see README "Defaults".
+DEFAULT_BACKBONE = "efficientnet-lite0"
+DEFAULT_POOLING = "gem"
+DEFAULT_GEM_P = 3.0
+DEFAULT_METRIC = "cosine"
+DEFAULT_RERANK = "none"
+DEFAULT_WHITEN = False
+
+METRICS = ("cosine", "euclidean", "mahalanobis", "manhattan")
+RERANKS = ("none", "qe", "dba")
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    backbone: str = DEFAULT_BACKBONE
+    pooling: str = DEFAULT_POOLING
+    gem_p: float = DEFAULT_GEM_P
+    input_size: int | None = None  # None: the backbone's native resolution
+    weights: str = "imagenet"  # or a path to a local weights file
+
+    def resolved(self) -> "ExtractorConfig":
+        """Fill in what the backbone implies, so equal setups compare equal."""
+        from .backbones import get_spec
+
+        spec = get_spec(self.backbone)
+        cfg = replace(self, input_size=self.input_size or spec.input_size)
+        if spec.family == "handcrafted":
+            cfg = replace(cfg, pooling="none", gem_p=0.0, input_size=spec.input_size, weights="none")
+        elif cfg.pooling != "gem":
+            cfg = replace(cfg, gem_p=0.0)
+        return cfg
+
+    @property
+    def weights_id(self) -> str:
+        if self.weights in ("imagenet", "none"):
+            return self.weights
+        digest = hashlib.sha256(Path(self.weights).read_bytes()).hexdigest()[:16]
+        return f"file:{digest}"
+
+    @property
+    def key(self) -> str:
+        pool = f"gem{self.gem_p:g}" if self.pooling == "gem" else self.pooling
+        return f"{self.backbone}|{self.weights_id}|{self.input_size}|{pool}"
+
+    @property
+    def label(self) -> str:
+        """Short, human: what a results table or a plot legend shows."""
+        pool = f"GeM p={self.gem_p:g}" if self.pooling == "gem" else self.pooling.upper()
+        return self.backbone if self.pooling == "none" else f"{self.backbone} · {pool}"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    metric: str = DEFAULT_METRIC
+    k: int = 10
+    rerank: str = DEFAULT_RERANK  # "qe" (alpha query expansion) or "dba"
+    whiten: bool = DEFAULT_WHITEN  # PCA-whitening learned on the collection
+
+    def __post_init__(self):
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}: choose one of {', '.join(METRICS)}")
+        if self.rerank not in RERANKS:
+            raise ValueError(f"unknown re-ranking {self.rerank!r}: choose one of {', '.join(RERANKS)}")
+        if self.k < 1:
+            raise ValueError("k must be at least 1")

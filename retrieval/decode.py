@@ -1,0 +1,112 @@
+"""Decode any image file into clean RGB pixels at the model's input size.
+
+Why so careful: galleries come from phones (EXIF rotation), the web
+(transparency, palettes, animations), scanners (16-bit, CMYK) and attackers
+(decompression bombs, truncated files). Every input either becomes a sane
+``uint8`` RGB array or a ``DecodeError`` whose message a person can act on.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .settings import Limits
+
+_WHITE = (255, 255, 255)
+
+
+class DecodeError(ValueError):
+    """This file cannot be used; ``str(err)`` is the reason for the user."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    pixels: np.ndarray  # (size, size, 3) uint8, or the full image when size is None
+    width: int  # of the original, before any resizing
+    height: int
+    format: str
+
+
+def _check_pixels(width: int, height: int, limits: Limits) -> None:
+    if width <= 0 or height <= 0:
+        raise DecodeError(f"image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise DecodeError(
+            f"too many pixels: {width}x{height} exceeds the limit of {limits.max_pixels:,} pixels"
+        )
+
+
+def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
+    """16-bit and float greys become 8-bit by scaling, not by clipping to 255."""
+    arr = np.asarray(im)
+    if im.mode == "F":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scaled = (arr - lo) / (hi - lo or 1.0) * 255.0
+    else:  # I;16* or I (which Pillow uses for 16-bit PNGs too)
+        scaled = arr.astype(np.float64) / (65535.0 if arr.max(initial=0) > 255 else 255.0) * 255.0
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB, with transparency composited onto white."""
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _high_bit_depth_to_l(im)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if im.mode != "RGB":
+        return im.convert("RGB")
+    return im
+
+
+def decode(data: bytes | str | Path, size: int | None = None, limits: Limits = Limits()) -> Decoded:
+    """Bytes or a path -> upright RGB pixels, squashed to ``size`` x ``size``.
+
+    Squashing (not cropping) keeps every part of the image in view, which
+    matters for retrieval where the object may sit near an edge. JPEGs are
+    decoded at a reduced scale when ``size`` allows it (``Image.draft``), which
+    makes big photos several times cheaper.
+    """
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    if isinstance(data, (bytes, bytearray)) and len(data) == 0:
+        raise DecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                width, height = im.size
+                _check_pixels(width, height, limits)
+                fmt = im.format or "unknown"
+                if getattr(im, "n_frames", 1) > 1:
+                    im.seek(0)  # animations: the first frame stands for the file
+                if size is not None and fmt == "JPEG":
+                    im.draft("RGB", (size, size))
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                rgb = to_rgb(im)
+                if size is not None:
+                    rgb = rgb.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+                pixels = np.asarray(rgb, dtype=np.uint8)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError("not an image Pillow can read (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"too many pixels: {exc}") from None
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "truncated" in reason:
+            reason = "truncated image data"
+        raise DecodeError(f"corrupt image: {reason}") from None
+    return Decoded(pixels, width, height, fmt)

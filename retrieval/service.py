@@ -1,0 +1,417 @@
+"""The service layer: index, search, evaluate, compare, list models, remove.
+
+Why one layer: the CLI and the Gradio app are thin shells over these calls,
+so they can never disagree about what "index this folder" or "search with
+these settings" means. A ``Studio`` owns one store and keeps loaded models
+and prepared galleries in memory, so a second search costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .backbones import REGISTRY, Backbone, BackboneUnavailable, get_spec
+from .config import ExtractorConfig, SearchConfig
+from .decode import DecodeError, decode
+from .evaluation import Agreement, EvalReport, agreement, exact_duplicate_groups, leave_one_out
+from .extract import Prepared, default_workers, embed_batches, ordered_map, prepare
+from .files import SourceFile, Skipped, read_labels_csv, scan_folder
+from .pooling import l2_normalize
+from .ranking import Ranker, database_augmentation
+from .settings import Limits, default_db
+from .store import Gallery, NewMember, Store
+from .whitening import Whitening, fit_whitening
+
+Progress = Callable[[int, int, str], None]
+
+
+class ServiceError(RuntimeError):
+    """A request that cannot be served; the message is for the user."""
+
+
+@dataclass
+class IndexReport:
+    collection: str
+    config: str
+    added: list[str] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (name, same content as)
+    unchanged: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    computed: int = 0  # embeddings the model produced
+    reused: int = 0  # embeddings found in the cache
+    seconds: float = 0.0
+    device: str = ""
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds else 0.0
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["duplicates"] = [{"name": n, "duplicate_of": d} for n, d in self.duplicates]
+        out["skipped"] = [{"name": s.name, "reason": s.reason} for s in self.skipped]
+        out["images_per_second"] = self.images_per_second
+        return out
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    name: str
+    path: str | None
+    label: str | None
+    score: float
+    sha256: str
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    timings: dict[str, float]  # milliseconds per stage
+    device: str
+    config: str
+    search: dict
+
+    def to_json(self) -> dict:
+        return {"results": [asdict(h) for h in self.hits], "timings": self.timings, "device": self.device,
+                "config": self.config, "search": self.search}
+
+
+@dataclass
+class Comparison:
+    a: SearchResult
+    b: SearchResult
+    agreement: Agreement
+
+    def to_json(self) -> dict:
+        return {"a": self.a.to_json(), "b": self.b.to_json(), "agreement": self.agreement.to_json()}
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 2)
+
+
+class Studio:
+    """One store, its loaded models and prepared galleries."""
+
+    def __init__(self, db: str | Path | None = None, device: str = "auto", batch_size: int = 32,
+                 workers: int | None = None, limits: Limits = Limits()):
+        self.store = Store(db or default_db())
+        self.device = device
+        self.batch_size = batch_size
+        self.workers = workers or default_workers()
+        self.limits = limits
+        self._backbones: dict[tuple, Backbone] = {}
+        self._rankers: OrderedDict[tuple, Ranker] = OrderedDict()
+        self._lock = threading.RLock()
+        self._placement = None
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- models -------------------------------------------------------------
+    @staticmethod
+    def models() -> list[dict]:
+        out = []
+        for spec in REGISTRY.values():
+            ready, why = spec.ready()
+            out.append({"name": spec.name, "family": spec.family, "dim": spec.dim, "input_size": spec.input_size,
+                        "ready": ready, "status": why, "licence": spec.licence, "source": spec.source})
+        return out
+
+    def placement(self):
+        if self._placement is None:
+            from .device import resolve
+
+            self._placement = resolve(self.device)
+        return self._placement
+
+    def backbone(self, cfg: ExtractorConfig) -> Backbone:
+        """Load a backbone once per process; poolings share one network."""
+        cfg = cfg.resolved()
+        spec = get_spec(cfg.backbone)
+        key = (cfg.backbone, cfg.weights, cfg.input_size)
+        with self._lock:
+            base = self._backbones.get(key)
+            if base is None:
+                placement = self.placement() if spec.family == "cnn" else None
+                weights = None if cfg.weights in ("imagenet", "none") else cfg.weights
+                base = spec.build(cfg.pooling, cfg.gem_p, placement, input_size=cfg.input_size, weights=weights,
+                                  batch_size=self.batch_size)
+                self._backbones[key] = base
+        return base.with_pooling(cfg.pooling, cfg.gem_p)
+
+    def embed_pixels(self, cfg: ExtractorConfig, pixels: np.ndarray) -> np.ndarray:
+        return l2_normalize(self.backbone(cfg).embed(pixels))
+
+    # -- indexing -------------------------------------------------------------
+    def index(self, folder: str | Path, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
+              labels_csv: str | Path | None = None, progress: Progress | None = None) -> IndexReport:
+        """Index a folder recursively; labels from first-level subfolders or a CSV."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ServiceError(f"not a folder: {folder}")
+        sources, skipped = scan_folder(folder, self.limits)
+        if labels_csv is not None:
+            labels = read_labels_csv(labels_csv)
+            sources = [SourceFile(s.path, s.name, labels.get(s.name, labels.get(Path(s.name).name, s.label)))
+                       for s in sources]
+        report = self.add_files(sources, collection, cfg, progress)
+        report.skipped = skipped + report.skipped
+        return report
+
+    def add_files(self, sources: Sequence[SourceFile], collection: str = "default",
+                  cfg: ExtractorConfig = ExtractorConfig(), progress: Progress | None = None) -> IndexReport:
+        """Add files to a collection, computing only the embeddings not cached.
+
+        Each batch of files is written in one transaction: a crash loses at
+        most the batch in flight, and running again resumes from there.
+        """
+        cfg = cfg.resolved()
+        started = time.perf_counter()
+        spec = get_spec(cfg.backbone)
+        store = self.store
+        cid = store.collection_id(collection, create=True)
+        config_id = store.config_id(cfg, spec.dim)
+        members = store.member_hashes(cid)
+        embedded = store.embedded_hashes(config_id)
+        report = IndexReport(collection, cfg.key, device="")
+
+        def embed(pixels: np.ndarray) -> np.ndarray:
+            # The model loads on the first batch that needs it: re-indexing
+            # a folder whose vectors are all cached never loads it at all.
+            backbone = self.backbone(cfg)
+            report.device = backbone.device
+            return backbone.embed(pixels)
+        seen: dict[str, str] = {}
+        done = 0
+        total = len(sources)
+        if progress:
+            progress(0, total, "indexing")
+
+        def needs_pixels(digest: str) -> bool:
+            return digest not in embedded
+
+        def work(source: SourceFile) -> Prepared:
+            return prepare(source, cfg.input_size, needs_pixels, self.limits)
+
+        stream = ordered_map(work, sources, self.workers, prefetch=2 * self.batch_size)
+        for batch, vectors in embed_batches(stream, embed, self.batch_size):
+            rows: list[NewMember] = []
+            for i, item in enumerate(batch):
+                name = item.source.name
+                if item.error is not None:
+                    report.skipped.append(Skipped(name, item.error))
+                    continue
+                digest = item.sha256
+                if digest in seen:
+                    report.duplicates.append((name, seen[digest]))
+                    continue
+                seen[digest] = name
+                if digest in members:
+                    if members[digest] != name:
+                        report.duplicates.append((name, members[digest]))
+                        continue
+                    report.unchanged += 1
+                else:
+                    report.added.append(name)
+                vector = vectors.get(i)
+                if vector is not None:
+                    vector = l2_normalize(vector)
+                    report.computed += 1
+                    embedded.add(digest)
+                else:
+                    report.reused += 1
+                known = store.image(digest) if item.pixels is None else None
+                width = item.width or (known["width"] if known else 0)
+                height = item.height or (known["height"] if known else 0)
+                rows.append(NewMember(digest, name, str(Path(item.source.path).resolve()), item.source.label,
+                                      width, height, item.nbytes, vector))
+            store.write_batch(cid, config_id, rows)
+            done += len(batch)
+            if progress:
+                progress(done, total, f"{len(report.added)} added, {len(report.skipped)} skipped")
+        report.seconds = time.perf_counter() - started
+        report.device = report.device or "none (all embeddings cached)"
+        return report
+
+    def ensure_embeddings(self, collection: str, cfg: ExtractorConfig, progress: Progress | None = None) -> int:
+        """Compute this configuration's vectors for members that lack them.
+
+        Switching a collection to another backbone or pooling reads the
+        members' files again; images whose files are gone are reported by
+        the count they leave missing.
+        """
+        cfg = cfg.resolved()
+        cid = self._collection(collection)
+        backbone = self.backbone(cfg)
+        config_id = self.store.config_id(cfg, backbone.dim)
+        missing = [m for m in self.store.missing_embeddings(cid, config_id) if m.path and Path(m.path).is_file()]
+        if not missing:
+            return 0
+        sources = [SourceFile(Path(m.path), m.name, m.label) for m in missing]
+        ids = {m.sha256: m.image_id for m in missing}
+
+        def work(source: SourceFile) -> Prepared:
+            return prepare(source, backbone.input_size, lambda digest: digest in ids, self.limits)
+
+        done = 0
+        stream = ordered_map(work, sources, self.workers, prefetch=2 * self.batch_size)
+        for batch, vectors in embed_batches(stream, backbone.embed, self.batch_size):
+            self.store.add_embeddings(config_id, {ids[batch[i].sha256]: l2_normalize(v) for i, v in vectors.items()})
+            done += len(vectors)
+            if progress:
+                progress(done, len(sources), f"embedding with {cfg.label}")
+        return done
+
+    # -- search ------------------------------------------------------------
+    def _collection(self, name: str) -> int:
+        cid = self.store.collection_id(name)
+        if cid is None:
+            known = ", ".join(c.name for c in self.store.collections()) or "none yet"
+            raise ServiceError(f"no collection named {name!r} (collections: {known})")
+        return cid
+
+    def gallery(self, collection: str, cfg: ExtractorConfig) -> tuple[int, int, Gallery]:
+        cfg = cfg.resolved()
+        cid = self._collection(collection)
+        config_id = self.store.find_config(cfg)
+        if config_id is None or not self.store.gallery(cid, config_id).members:
+            self.ensure_embeddings(collection, cfg)
+            config_id = self.store.config_id(cfg, self.backbone(cfg).dim)
+        gallery = self.store.gallery(cid, config_id)
+        if not gallery.members:
+            raise ServiceError(f"collection {collection!r} has no images with {cfg.label} embeddings")
+        return cid, config_id, gallery
+
+    def _transform(self, cid: int, config_id: int, kind: str, generation: int, fit: Callable[[], Whitening]) -> Whitening:
+        arrays = self.store.load_transform(cid, config_id, kind, generation)
+        if arrays is not None:
+            return Whitening.from_arrays(arrays)
+        learned = fit()
+        self.store.save_transform(cid, config_id, kind, generation, learned.to_arrays())
+        return learned
+
+    def ranker(self, collection: str, cfg: ExtractorConfig, scfg: SearchConfig) -> tuple[Ranker, Gallery]:
+        """A prepared ranker, reused until the collection changes."""
+        cid, config_id, gallery = self.gallery(collection, cfg)
+        key = (cid, config_id, gallery.generation, scfg.metric, scfg.rerank, scfg.whiten)
+        with self._lock:
+            cached = self._rankers.get(key)
+            if cached is not None:
+                self._rankers.move_to_end(key)
+                return cached, gallery
+        vectors = gallery.vectors
+        whitening = None
+        if scfg.whiten:
+            whitening = self._transform(cid, config_id, "whiten", gallery.generation, lambda: fit_whitening(vectors))
+        space = whitening.apply(vectors) if whitening is not None else vectors
+        mahalanobis = None
+        if scfg.metric == "mahalanobis":
+            kind = "mahalanobis+whiten" if scfg.whiten else "mahalanobis"
+            mahalanobis = self._transform(cid, config_id, kind, gallery.generation, lambda: fit_whitening(space))
+        dba = database_augmentation(space) if scfg.rerank == "dba" else None
+        ranker = Ranker(vectors, scfg.metric, scfg.rerank, whitening, mahalanobis, dba)
+        with self._lock:
+            self._rankers[key] = ranker
+            while len(self._rankers) > 8:
+                self._rankers.popitem(last=False)
+        return ranker, gallery
+
+    def embed_query(self, image, cfg: ExtractorConfig) -> tuple[np.ndarray, dict[str, float], str]:
+        """A path, bytes, a PIL image or an RGB array -> its L2-normalised vector."""
+        cfg = cfg.resolved()
+        backbone = self.backbone(cfg)
+        start = time.perf_counter()
+        try:
+            if isinstance(image, np.ndarray) or hasattr(image, "convert"):
+                from PIL import Image
+
+                from .decode import to_rgb
+
+                pil = image if hasattr(image, "convert") else Image.fromarray(np.asarray(image))
+                pixels = np.asarray(to_rgb(pil).resize((backbone.input_size,) * 2, Image.BILINEAR), np.uint8)
+            else:
+                pixels = decode(image if isinstance(image, bytes) else Path(image), backbone.input_size, self.limits).pixels
+        except DecodeError as exc:
+            raise ServiceError(f"cannot use the query image: {exc}") from None
+        decode_ms = _ms(start)
+        start = time.perf_counter()
+        vector = l2_normalize(backbone.embed(pixels[None]))[0]
+        return vector, {"decode_ms": decode_ms, "embed_ms": _ms(start)}, backbone.device
+
+    def search(self, image, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
+               scfg: SearchConfig = SearchConfig()) -> SearchResult:
+        started = time.perf_counter()
+        cfg = cfg.resolved()
+        ranker, gallery = self.ranker(collection, cfg, scfg)
+        vector, timings, device = self.embed_query(image, cfg)
+        return self._search_vector(vector, ranker, gallery, cfg, scfg, timings, device, started)
+
+    def _search_vector(self, vector, ranker, gallery, cfg, scfg, timings, device, started) -> SearchResult:
+        start = time.perf_counter()
+        ranking = ranker.search(vector[None], scfg.k)
+        timings = {**timings, "search_ms": _ms(start), "total_ms": _ms(started)}
+        hits = []
+        for rank, (row, score) in enumerate(zip(ranking.indices[0], ranking.scores[0]), start=1):
+            m = gallery.members[row]
+            hits.append(Hit(rank, m.name, m.path, m.label, float(score), m.sha256))
+        return SearchResult(hits, timings, device, cfg.key, asdict(scfg))
+
+    def compare(self, image, collection: str, a: tuple[ExtractorConfig, SearchConfig],
+                b: tuple[ExtractorConfig, SearchConfig]) -> Comparison:
+        """Two configurations, one query: both result lists and how they agree."""
+        results, orders = [], []
+        for cfg, scfg in (a, b):
+            started = time.perf_counter()
+            cfg = cfg.resolved()
+            ranker, gallery = self.ranker(collection, cfg, scfg)
+            vector, timings, device = self.embed_query(image, cfg)
+            results.append(self._search_vector(vector, ranker, gallery, cfg, scfg, timings, device, started))
+            orders.append((gallery, ranker.full_order(vector[None])[0]))
+        # Align both orders on image identity: the two galleries may differ
+        # in rows if one configuration lacks some embeddings.
+        (ga, oa), (gb, ob) = orders
+        common = [m.sha256 for m in ga.members if m.sha256 in {x.sha256 for x in gb.members}]
+        pos = {sha: i for i, sha in enumerate(common)}
+        ra = np.array([pos[ga.members[r].sha256] for r in oa if ga.members[r].sha256 in pos])
+        rb = np.array([pos[gb.members[r].sha256] for r in ob if gb.members[r].sha256 in pos])
+        k = min(a[1].k, b[1].k)
+        return Comparison(results[0], results[1], agreement(ra[None], rb[None], k))
+
+    # -- evaluation ---------------------------------------------------------
+    def evaluate(self, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
+                 scfg: SearchConfig = SearchConfig()) -> EvalReport:
+        """Leave-one-out over the collection's labelled images."""
+        cfg = cfg.resolved()
+        ranker, gallery = self.ranker(collection, cfg, scfg)
+        labels = gallery.labels
+        if not any(label is not None for label in labels):
+            raise ServiceError(
+                f"collection {collection!r} has no labels: index a folder with one subfolder per label, "
+                "or pass --labels with a filename,label CSV")
+        started = time.perf_counter()
+        vectors = gallery.vectors
+        report = leave_one_out(labels, lambda rows, ex: ranker.full_order(vectors[rows], ex),
+                               exact_duplicate_groups(vectors))
+        report.seconds = time.perf_counter() - started
+        report.config = {"extractor": asdict(cfg), "key": cfg.key, "search": asdict(scfg), "collection": collection}
+        return report
+
+    # -- housekeeping -------------------------------------------------------
+    def remove(self, path_or_hash: str, collection: str | None = None) -> list[str]:
+        cid = self._collection(collection) if collection is not None else None
+        return self.store.remove(path_or_hash, cid)
+
+    def collections(self):
+        return self.store.collections()
+
+    def drop_collection(self, name: str) -> bool:
+        return self.store.drop_collection(name)
