@@ -9,6 +9,7 @@ Why so careful: galleries come from phones (EXIF rotation), the web
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ class DecodeError(ValueError):
 @dataclass(frozen=True)
 class Decoded:
     pixels: np.ndarray  # (size, size, 3) uint8, or the full image when size is None
-    width: int  # of the original, before any resizing
+    width: int  # of the upright original, before any resizing
     height: int
     format: str
 
@@ -85,6 +86,8 @@ def decode(data: bytes | str | Path, size: int | None = None, limits: Limits = L
             with Image.open(source) as im:
                 width, height = im.size
                 _check_pixels(width, height, limits)
+                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated 90 degrees
+                    width, height = height, width
                 fmt = im.format or "unknown"
                 if getattr(im, "n_frames", 1) > 1:
                     im.seek(0)  # animations: the first frame stands for the file
@@ -101,7 +104,10 @@ def decode(data: bytes | str | Path, size: int | None = None, limits: Limits = L
     except UnidentifiedImageError:
         raise DecodeError("not an image Pillow can read (unrecognised format)") from None
     except Image.DecompressionBombError as exc:
-        raise DecodeError(f"too many pixels: {exc}") from None
+        # Pillow's own guard fired in open(), before our header check could.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(found.group(1)):,} pixels" if found else "the image"
+        raise DecodeError(f"too many pixels: {count} exceeds the limit of {limits.max_pixels:,} pixels") from None
     except FileNotFoundError:
         raise DecodeError("file not found") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:

@@ -1,0 +1,67 @@
+"""Shared fixtures: real photos from scikit-image, a real SQLite file, one model.
+
+The model is loaded once per test session (``studio``): it is the slow part,
+and every service-level test uses the same default backbone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_dirs(tmp_path_factory):
+    """Keep converted models and Keras' cache inside the test's temp folder."""
+    base = tmp_path_factory.mktemp("home")
+    os.environ["RETRIEVAL_CACHE_DIR"] = str(base / "cache")
+    os.environ["RETRIEVAL_DATA_DIR"] = str(base / "data")
+    os.environ["KERAS_HOME"] = str(base / "keras")
+    yield
+
+
+def _save(img: np.ndarray, path: Path, **kw) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path, **kw)
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    """Three labelled groups of real photos, near-duplicates and one bad file."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("photos")
+    chelsea, cat, coffee = data.chelsea(), data.cat(), data.coffee()
+    _save(chelsea, root / "cats" / "chelsea.jpg", quality=92)
+    _save(chelsea[:, ::-1].copy(), root / "cats" / "chelsea_flipped.jpg", quality=92)
+    _save(cat[30:280, 40:420].copy(), root / "cats" / "cat_crop.png")
+    _save(coffee, root / "coffee" / "coffee.jpg", quality=92)
+    _save(coffee[40:360, 80:520].copy(), root / "coffee" / "coffee_crop.jpg", quality=92)
+    _save(np.clip(coffee.astype(int) + 40, 0, 255).astype(np.uint8), root / "coffee" / "coffee_bright.jpg")
+    _save(data.astronaut(), root / "space" / "astronaut.jpg", quality=92)
+    _save(data.rocket(), root / "space" / "rocket.jpg", quality=92)
+    _save(np.stack([data.camera()] * 3, axis=-1), root / "space" / "camera.png")
+    (root / "space" / "notes.jpg").write_text("this is text, not a JPEG")
+    return root
+
+
+@pytest.fixture(scope="session")
+def studio(tmp_path_factory):
+    from retrieval import Studio
+
+    s = Studio(tmp_path_factory.mktemp("db") / "gallery.sqlite", device="cpu")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def indexed(studio, photo_folder):
+    """The photo folder indexed once with the default configuration."""
+    report = studio.index(photo_folder, collection="photos")
+    return report

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from retrieval.pooling import l2_normalize
+from retrieval.ranking import Ranker, alpha_query_expansion, database_augmentation, top_k
+from retrieval.whitening import fit_whitening
+
+
+@pytest.fixture
+def gallery():
+    return l2_normalize(np.random.default_rng(0).normal(size=(500, 16)))
+
+
+def test_top_k_matches_full_sort_and_breaks_ties_by_index():
+    keys = np.array([[0.5, 0.9, 0.9, 0.1, 0.9, 0.3] * 20])
+    idx = top_k(keys, 4)
+    assert idx.tolist() == [[1, 2, 4, 7]]
+    rng = np.random.default_rng(1)
+    keys = rng.normal(size=(5, 1000))
+    np.testing.assert_array_equal(top_k(keys, 10), np.argsort(-keys, axis=1, kind="stable")[:, :10])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "manhattan"])
+def test_search_finds_each_gallery_item_first(gallery, metric):
+    ranking = Ranker(gallery, metric).search(gallery[:50], k=5)
+    assert ranking.indices[:, 0].tolist() == list(range(50))
+    # cosine is a similarity (descending), the others distances (ascending)
+    diffs = np.diff(ranking.scores, axis=1)
+    assert np.all(diffs <= 1e-6) if metric == "cosine" else np.all(diffs >= -1e-6)
+
+
+def test_mahalanobis_needs_and_uses_a_fitted_transform(gallery):
+    with pytest.raises(ValueError, match="Mahalanobis"):
+        Ranker(gallery, "mahalanobis")
+    ranker = Ranker(gallery, "mahalanobis", mahalanobis=fit_whitening(gallery))
+    assert ranker.search(gallery[:10], 1).indices[:, 0].tolist() == list(range(10))
+
+
+def test_exclude_hides_rows(gallery):
+    ranking = Ranker(gallery).search(gallery[:3], k=2, exclude=[np.array([0]), np.array([1]), np.array([2])])
+    assert all(r not in row for r, row in zip(range(3), ranking.indices.tolist()))
+
+
+def test_query_expansion_moves_query_towards_its_neighbours(gallery):
+    q = l2_normalize(gallery[0] + 0.5 * gallery[1])[None]
+    expanded = alpha_query_expansion(q, gallery, n=2)
+    assert np.linalg.norm(expanded) == pytest.approx(1.0, abs=1e-5)
+    assert float((expanded @ gallery[0])[0]) > float((q @ gallery[0])[0])
+
+
+def test_dba_keeps_items_closest_to_themselves(gallery):
+    augmented = database_augmentation(gallery, n=2)
+    np.testing.assert_allclose(np.linalg.norm(augmented, axis=1), 1.0, atol=1e-5)
+    assert np.all(np.argmax(gallery @ augmented.T, axis=1) == np.arange(len(gallery)))
+
+
+def test_whitened_ranker_and_full_order(gallery):
+    ranker = Ranker(gallery, "cosine", "qe", whitening=fit_whitening(gallery))
+    order = ranker.full_order(gallery[:4])
+    assert order.shape == (4, 500)
+    assert sorted(order[0].tolist()) == list(range(500))
+    assert order[:, 0].tolist() == [0, 1, 2, 3]

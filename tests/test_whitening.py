@@ -1,0 +1,41 @@
+import numpy as np
+from scipy.spatial.distance import mahalanobis
+
+from retrieval.whitening import fit_whitening, ledoit_wolf
+
+
+def test_whitened_data_has_identity_covariance():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, 4)) @ np.array([[3, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0.2, 0], [0, 0, 1, 2.0]])
+    w = fit_whitening(x)
+    z = w.apply(x, normalize=False)
+    cov = np.cov(z.T, bias=True)
+    np.testing.assert_allclose(cov - np.diag(np.diag(cov)), 0.0, atol=1e-5)  # decorrelated
+    # Unit variance, except where shrinkage (rightly) damps the weakest axis
+    assert np.all(np.diag(cov) <= 1.001) and np.sum(np.diag(cov) > 0.99) >= 3
+    assert w.shrinkage < 0.01  # plenty of samples: almost no shrinkage
+
+
+def test_small_samples_are_shrunk_and_stay_invertible():
+    x = np.random.default_rng(1).normal(size=(10, 50))
+    _, cov, shrinkage = ledoit_wolf(x)
+    assert 0.1 < shrinkage <= 1.0
+    assert np.linalg.eigvalsh(cov).min() > 0
+
+
+def test_euclidean_after_full_whitening_is_mahalanobis():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 6)) * [1, 2, 3, 1, 1, 5]
+    _, cov, _ = ledoit_wolf(x)
+    w = fit_whitening(x)
+    a, b = x[0], x[1]
+    expected = mahalanobis(a, b, np.linalg.inv(cov))
+    got = np.linalg.norm(w.apply(a[None], False) - w.apply(b[None], False))
+    assert abs(got - expected) < 1e-4 * expected
+
+
+def test_round_trip_through_arrays():
+    w = fit_whitening(np.random.default_rng(3).normal(size=(50, 5)))
+    again = type(w).from_arrays(w.to_arrays())
+    np.testing.assert_array_equal(again.projection, w.projection)
+    assert again.shrinkage == w.shrinkage
