@@ -30,8 +30,12 @@ def mac(x, xp=np):
 def gem(x, p: float = DEFAULT_GEM_P, xp=np):
     # Clamping keeps the power defined: ReLU6 maps are >= 0, but other
     # backbones' last layers may not be.
+    # Dividing by the channel maximum first keeps x**p finite in float32 for
+    # large p (6**60 overflows); the maximum is multiplied back afterwards.
     clamped = xp.maximum(x, _EPS)
-    return xp.power(xp.mean(xp.power(clamped, p), axis=(1, 2)), 1.0 / p)
+    peak = xp.max(clamped, axis=(1, 2), keepdims=True)
+    ratio = xp.mean(xp.power(clamped / peak, p), axis=(1, 2))
+    return xp.power(ratio, 1.0 / p) * peak[:, 0, 0, :]
 
 
 def pool(x, kind: str = "gem", p: float = DEFAULT_GEM_P, xp=np):
