@@ -36,7 +36,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default=C.DEFAULT_METRIC, choices=C.METRICS, help=f"default: {C.DEFAULT_METRIC}")
     p.add_argument("--rerank", default=C.DEFAULT_RERANK, choices=C.RERANKS, help="none, qe (alpha query expansion) or dba")
-    p.add_argument("--whiten", action="store_true", default=C.DEFAULT_WHITEN, help="PCA-whitening learned on the collection")
+    p.add_argument("--whiten", default=C.DEFAULT_WHITEN, choices=C.WHITENINGS,
+                   help=f"post-processing learned on the collection: none, center (subtract its mean) or pca "
+                        f"(PCA-whitening with shrinkage); default: {C.DEFAULT_WHITEN}")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -173,7 +175,7 @@ def cmd_evaluate(args) -> int:
         _print_json(report.to_json())
         return 0
     print(f"{report.queries} queries, {_extractor(args).resolved().label}, metric {args.metric}, rerank {args.rerank}"
-          f"{', whitened' if args.whiten else ''}")
+          f", post-processing {args.whiten}")
     print(f"mAP {report.map:.4f}  P@1 {report.p_at[1]:.4f}  P@5 {report.p_at[5]:.4f}  P@10 {report.p_at[10]:.4f}  "
           f"R@10 {report.r_at[10]:.4f}  nDCG@10 {report.ndcg_at_10:.4f}  ({report.seconds:.2f} s)")
     for label, ap in report.per_class_ap.items():

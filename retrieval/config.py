@@ -17,10 +17,11 @@ DEFAULT_POOLING = "gem"
 DEFAULT_GEM_P = 3.0
 DEFAULT_METRIC = "cosine"
 DEFAULT_RERANK = "none"
-DEFAULT_WHITEN = False
+DEFAULT_WHITEN = "center"
 
 METRICS = ("cosine", "euclidean", "mahalanobis", "manhattan")
 RERANKS = ("none", "qe", "dba")
+WHITENINGS = ("none", "center", "pca")  # see whitening.py
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,14 @@ class SearchConfig:
     metric: str = DEFAULT_METRIC
     k: int = 10
     rerank: str = DEFAULT_RERANK  # "qe" (alpha query expansion) or "dba"
-    whiten: bool = DEFAULT_WHITEN  # PCA-whitening learned on the collection
+    whiten: str = DEFAULT_WHITEN  # "center" (subtract the gallery mean) or "pca" (PCA-whitening)
 
     def __post_init__(self):
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}: choose one of {', '.join(METRICS)}")
         if self.rerank not in RERANKS:
             raise ValueError(f"unknown re-ranking {self.rerank!r}: choose one of {', '.join(RERANKS)}")
+        if self.whiten not in WHITENINGS:
+            raise ValueError(f"unknown post-processing {self.whiten!r}: choose one of {', '.join(WHITENINGS)}")
         if self.k < 1:
             raise ValueError("k must be at least 1")

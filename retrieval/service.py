@@ -28,6 +28,7 @@ from .ranking import Ranker, database_augmentation
 from .settings import Limits, default_db
 from .store import Gallery, NewMember, Store
 from .whitening import Whitening, fit_whitening
+from .whitening import fit as fit_postprocess
 
 Progress = Callable[[int, int, str], None]
 
@@ -310,12 +311,13 @@ class Studio:
                 return cached, gallery
         vectors = gallery.vectors
         whitening = None
-        if scfg.whiten:
-            whitening = self._transform(cid, config_id, "whiten", gallery.generation, lambda: fit_whitening(vectors))
+        if scfg.whiten != "none":
+            whitening = self._transform(cid, config_id, scfg.whiten, gallery.generation,
+                                        lambda: fit_postprocess(scfg.whiten, vectors))
         space = whitening.apply(vectors) if whitening is not None else vectors
         mahalanobis = None
         if scfg.metric == "mahalanobis":
-            kind = "mahalanobis+whiten" if scfg.whiten else "mahalanobis"
+            kind = f"mahalanobis+{scfg.whiten}"
             mahalanobis = self._transform(cid, config_id, kind, gallery.generation, lambda: fit_whitening(space))
         dba = database_augmentation(space) if scfg.rerank == "dba" else None
         ranker = Ranker(vectors, scfg.metric, scfg.rerank, whitening, mahalanobis, dba)

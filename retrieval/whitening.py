@@ -18,22 +18,36 @@ from .pooling import l2_normalize
 
 @dataclass(frozen=True)
 class Whitening:
-    """``x -> (x - mean) @ projection``; learned from one gallery."""
+    """``x -> (x - mean) @ projection``; learned from one gallery.
+
+    ``projection=None`` is plain centring, which on ReLU features removes the
+    large component every descriptor shares (they are all non-negative).
+    """
 
     mean: np.ndarray  # (D,)
-    projection: np.ndarray  # (D, d)
-    shrinkage: float
+    projection: np.ndarray | None  # (D, d), or None to centre only
+    shrinkage: float = 0.0
 
     def apply(self, x: np.ndarray, normalize: bool = True) -> np.ndarray:
-        out = (np.asarray(x, np.float32) - self.mean) @ self.projection
+        out = np.asarray(x, np.float32) - self.mean
+        if self.projection is not None:
+            out = out @ self.projection
         return l2_normalize(out) if normalize else out.astype(np.float32)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean, "projection": self.projection, "shrinkage": np.float32(self.shrinkage)}
+        arrays = {"mean": self.mean, "shrinkage": np.float32(self.shrinkage)}
+        if self.projection is not None:
+            arrays["projection"] = self.projection
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Whitening":
-        return cls(arrays["mean"], arrays["projection"], float(arrays["shrinkage"]))
+        return cls(arrays["mean"], arrays.get("projection"), float(arrays["shrinkage"]))
+
+
+def fit_centering(x: np.ndarray) -> Whitening:
+    """Subtract the gallery mean (then the caller re-normalises)."""
+    return Whitening(np.asarray(x, np.float64).mean(axis=0).astype(np.float32), None)
 
 
 def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -50,6 +64,20 @@ def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     shrinkage = 0.0 if delta <= 0 else float(np.clip(beta / delta, 0.0, 1.0))
     cov = (1 - shrinkage) * s + shrinkage * mu * np.eye(p)
     return mean, cov, shrinkage
+
+
+POSTPROCESS = ("none", "center", "pca")
+
+
+def fit(kind: str, x: np.ndarray) -> Whitening | None:
+    """The post-processing named by ``kind``, learned on gallery ``x``."""
+    if kind == "none":
+        return None
+    if kind == "center":
+        return fit_centering(x)
+    if kind == "pca":
+        return fit_whitening(x)
+    raise ValueError(f"unknown post-processing {kind!r}: choose one of {', '.join(POSTPROCESS)}")
 
 
 def fit_whitening(x: np.ndarray, dim: int | None = None) -> Whitening:

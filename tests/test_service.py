@@ -53,7 +53,7 @@ def test_evaluate_gives_real_figures(studio, indexed):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean", "mahalanobis", "manhattan"])
-@pytest.mark.parametrize("rerank, whiten", [("none", False), ("qe", False), ("dba", True)])
+@pytest.mark.parametrize("rerank, whiten", [("none", "none"), ("qe", "center"), ("dba", "pca")])
 def test_every_metric_and_rerank_finds_the_query(studio, indexed, photo_folder, metric, rerank, whiten):
     result = studio.search(photo_folder / "space" / "rocket.jpg", "photos",
                            scfg=SearchConfig(metric=metric, k=3, rerank=rerank, whiten=whiten))

@@ -39,3 +39,15 @@ def test_round_trip_through_arrays():
     again = type(w).from_arrays(w.to_arrays())
     np.testing.assert_array_equal(again.projection, w.projection)
     assert again.shrinkage == w.shrinkage
+
+
+def test_centering_removes_the_shared_component():
+    from retrieval.whitening import fit
+
+    x = np.abs(np.random.default_rng(4).normal(size=(100, 8))) + 5.0  # all-positive, like ReLU features
+    center = fit("center", x)
+    assert center.projection is None
+    np.testing.assert_allclose(center.apply(x, normalize=False).mean(axis=0), 0.0, atol=1e-5)
+    assert fit("none", x) is None
+    again = type(center).from_arrays(center.to_arrays())
+    assert again.projection is None and np.array_equal(again.mean, center.mean)

@@ -1,0 +1,107 @@
+"""Retrieval quality on Fashion-MNIST, to choose the engine's defaults.
+
+Leave-one-out on the first N test images (default 2000, as in the reference
+figures in shared/NOTES.md): every image queries the other N-1. Feature maps
+are computed once per backbone and pooled in numpy for each pooling, so the
+table compares poolings on identical activations.
+
+    python -m benchmarks.quality [--n 2000] [--out docs/quality.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from retrieval.backbones import REGISTRY
+from retrieval.device import resolve
+from retrieval.evaluation import exact_duplicate_groups, leave_one_out
+from retrieval.pooling import l2_normalize, pool
+from retrieval.ranking import Ranker, database_augmentation
+from retrieval.whitening import fit, fit_whitening
+
+from . import fashion_mnist
+
+
+def to_inputs(images: np.ndarray, size: int) -> np.ndarray:
+    """Grey 28x28 -> RGB size x size, resized exactly as ``decode`` does."""
+    return np.stack([np.asarray(Image.fromarray(im).convert("RGB").resize((size, size), Image.BILINEAR)) for im in images])
+
+
+def evaluate(vectors: np.ndarray, labels: list[str], metric="cosine", rerank="none", whiten="none") -> dict:
+    started = time.perf_counter()
+    whitening = fit(whiten, vectors)
+    space = whitening.apply(vectors) if whitening is not None else vectors
+    maha = fit_whitening(space) if metric == "mahalanobis" else None
+    dba = database_augmentation(space) if rerank == "dba" else None
+    ranker = Ranker(vectors, metric, rerank, whitening, maha, dba)
+    report = leave_one_out(labels, lambda rows, ex: ranker.full_order(vectors[rows], ex), exact_duplicate_groups(vectors))
+    return {"map": round(report.map, 4), "p_at_1": round(report.p_at[1], 4), "p_at_10": round(report.p_at[10], 4),
+            "r_at_10": round(report.r_at[10], 4), "seconds": round(time.perf_counter() - started, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--backbones", default="efficientnet-lite0,efficientnet-lite1,efficientnet-lite2")
+    parser.add_argument("--out", default="docs/quality.json")
+    args = parser.parse_args()
+
+    images, labels = fashion_mnist.load("t10k", args.n)
+    names = [fashion_mnist.CLASSES[l] for l in labels]
+    rows = []
+
+    def record(config: str, **result):
+        rows.append({"config": config, **result})
+        print(f"{config:<58} mAP {result['map']:.4f}  P@1 {result['p_at_1']:.4f}  P@10 {result['p_at_10']:.4f}  "
+              f"R@10 {result['r_at_10']:.4f}  ({result.get('extract_s', 0):.1f} s extract, {result['seconds']:.1f} s eval)",
+              flush=True)
+
+    for name in ("pixels", "colorhist"):
+        spec = REGISTRY[name]
+        t = time.perf_counter()
+        vectors = l2_normalize(spec.build().embed(to_inputs(images, spec.input_size)))
+        record(name, extract_s=round(time.perf_counter() - t, 2), **evaluate(vectors, names))
+
+    placement = resolve("cpu")
+    best = None
+    for name in args.backbones.split(","):
+        spec = REGISTRY[name]
+        backbone = spec.build("gap", 3.0, placement)
+        t = time.perf_counter()
+        x = to_inputs(images, spec.input_size)
+        maps = np.concatenate([backbone.feature_maps(x[i:i + 64]) for i in range(0, len(x), 64)])
+        extract_s = round(time.perf_counter() - t, 2)
+        for kind, p in (("gap", 1.0), ("mac", 0.0), ("gem", 2.0), ("gem", 3.0), ("gem", 4.0)):
+            vectors = l2_normalize(pool(maps, kind, p))
+            label = f"{name} {kind}" + (f" p={p:g}" if kind == "gem" else "")
+            result = evaluate(vectors, names)
+            record(label, extract_s=extract_s, **result)
+            if best is None or result["map"] > best[0]:
+                best = (result["map"], label, vectors)
+        del maps
+
+    _, label, vectors = best
+    for metric in ("euclidean", "mahalanobis", "manhattan"):
+        record(f"{label} · {metric}", **evaluate(vectors, names, metric=metric))
+    for metric in ("euclidean", "mahalanobis", "manhattan"):
+        record(f"{label} · center · {metric}", **evaluate(vectors, names, metric=metric, whiten="center"))
+    for whiten in ("none", "center", "pca"):
+        for rerank in ("none", "qe", "dba"):
+            if (whiten, rerank) == ("none", "none"):
+                continue
+            record(f"{label} · cosine · {whiten} · {rerank}", **evaluate(vectors, names, rerank=rerank, whiten=whiten))
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"n": args.n, "command": f"python -m benchmarks.quality --n {args.n}",
+                                          "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
