@@ -81,8 +81,9 @@ def main() -> None:
         for kind, p in (("gap", 1.0), ("mac", 0.0), ("gem", 2.0), ("gem", 3.0), ("gem", 4.0)):
             vectors = l2_normalize(pool(maps, kind, p))
             label = f"{name} {kind}" + (f" p={p:g}" if kind == "gem" else "")
-            result = evaluate(vectors, names)
-            record(label, extract_s=extract_s, **result)
+            record(label, extract_s=extract_s, **evaluate(vectors, names))
+            result = evaluate(vectors, names, whiten="center")
+            record(f"{label} · center", extract_s=extract_s, **result)
             if best is None or result["map"] > best[0]:
                 best = (result["map"], label, vectors)
         del maps

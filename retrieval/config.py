@@ -11,12 +11,12 @@ import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-# Chosen from benchmarks/quality.py on Fashion-MNIST; see README "Defaults".
-DEFAULT_BACKBONE = "efficientnet-lite0"
+# Chosen from benchmarks/quality.py on Fashion-MNIST (docs/quality.md); see README "Defaults".
+DEFAULT_BACKBONE = "efficientnet-lite1"
 DEFAULT_POOLING = "gem"
 DEFAULT_GEM_P = 3.0
 DEFAULT_METRIC = "cosine"
-DEFAULT_RERANK = "none"
+DEFAULT_RERANK = "qe"
 DEFAULT_WHITEN = "center"
 
 METRICS = ("cosine", "euclidean", "mahalanobis", "manhattan")

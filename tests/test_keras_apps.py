@@ -20,7 +20,7 @@ def test_missing_imagenet_weights_give_one_clear_line(monkeypatch, tmp_path):
         REGISTRY["resnet50"].build("gem", 3.0, resolve("cpu"))
     message = str(err.value)
     assert "\n" not in message
-    assert str(tmp_path / "models") in message and "efficientnet-lite0" in message
+    assert str(tmp_path / "models") in message and "efficientnet-lite1" in message
 
 
 def test_local_weights_file_is_loaded(tmp_path):

@@ -17,7 +17,7 @@ def test_index_reports_added_and_skipped(indexed):
 
 
 def test_query_returns_itself_first_and_its_near_duplicate_second(studio, indexed, photo_folder):
-    result = studio.search(photo_folder / "cats" / "chelsea.jpg", "photos", scfg=SearchConfig(k=3))
+    result = studio.search(photo_folder / "cats" / "chelsea.jpg", "photos", scfg=SearchConfig(k=3, rerank="none"))
     names = [h.name for h in result.hits]
     assert names[0] == "cats/chelsea.jpg" and result.hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert names[1] == "cats/chelsea_flipped.jpg"

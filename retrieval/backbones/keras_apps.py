@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..config import DEFAULT_BACKBONE
 from .base import BackboneSpec, BackboneUnavailable
 
 _STORE = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -83,7 +84,7 @@ def _offline_message(app: KerasApp) -> str:
     return (
         f"{app.name}: ImageNet weights are not available offline; put {app.file} "
         f"(from {app.url}{app.file}) in {keras_cache_dirs()[0]}, pass --weights PATH, "
-        f"or use efficientnet-lite0, which works offline"
+        f"or use {DEFAULT_BACKBONE}, which works offline"
     )
 
 
