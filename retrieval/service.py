@@ -49,6 +49,7 @@ class IndexReport:
     reused: int = 0  # embeddings found in the cache
     seconds: float = 0.0
     device: str = ""
+    limit: str | None = None  # the whole-upload cap that was hit, if any
 
     @property
     def images_per_second(self) -> float:
@@ -112,7 +113,7 @@ class Studio:
         self._backbones: dict[tuple, Backbone] = {}
         self._rankers: OrderedDict[tuple, Ranker] = OrderedDict()
         self._lock = threading.RLock()
-        self._placement = None
+        self._placements: dict[str, object] = {}
 
     def close(self) -> None:
         self.store.close()
@@ -127,22 +128,24 @@ class Studio:
                         "ready": ready, "status": why, "licence": spec.licence, "source": spec.source})
         return out
 
-    def placement(self):
-        if self._placement is None:
+    def placement(self, device: str | None = None):
+        """``auto``/``cpu``/``gpu`` -> a placement, or ``DeviceError`` saying why not."""
+        device = device or self.device
+        if device not in self._placements:
             from .device import resolve
 
-            self._placement = resolve(self.device)
-        return self._placement
+            self._placements[device] = resolve(device)
+        return self._placements[device]
 
-    def backbone(self, cfg: ExtractorConfig) -> Backbone:
-        """Load a backbone once per process; poolings share one network."""
+    def backbone(self, cfg: ExtractorConfig, device: str | None = None) -> Backbone:
+        """Load a backbone once per process and device; poolings share one network."""
         cfg = cfg.resolved()
         spec = get_spec(cfg.backbone)
-        key = (cfg.backbone, cfg.weights, cfg.input_size)
+        placement = self.placement(device) if spec.family == "cnn" else None
+        key = (cfg.backbone, cfg.weights, cfg.input_size, getattr(placement, "kind", "cpu"))
         with self._lock:
             base = self._backbones.get(key)
             if base is None:
-                placement = self.placement() if spec.family == "cnn" else None
                 weights = None if cfg.weights in ("imagenet", "none") else cfg.weights
                 base = spec.build(cfg.pooling, cfg.gem_p, placement, input_size=cfg.input_size, weights=weights,
                                   batch_size=self.batch_size)
@@ -327,10 +330,10 @@ class Studio:
                 self._rankers.popitem(last=False)
         return ranker, gallery
 
-    def embed_query(self, image, cfg: ExtractorConfig) -> tuple[np.ndarray, dict[str, float], str]:
+    def embed_query(self, image, cfg: ExtractorConfig, device: str | None = None) -> tuple[np.ndarray, dict[str, float], str]:
         """A path, bytes, a PIL image or an RGB array -> its L2-normalised vector."""
         cfg = cfg.resolved()
-        backbone = self.backbone(cfg)
+        backbone = self.backbone(cfg, device)
         start = time.perf_counter()
         try:
             if isinstance(image, np.ndarray) or hasattr(image, "convert"):
@@ -350,11 +353,11 @@ class Studio:
         return vector, {"decode_ms": decode_ms, "embed_ms": _ms(start)}, backbone.device
 
     def search(self, image, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
-               scfg: SearchConfig = SearchConfig()) -> SearchResult:
+               scfg: SearchConfig = SearchConfig(), device: str | None = None) -> SearchResult:
         started = time.perf_counter()
         cfg = cfg.resolved()
         ranker, gallery = self.ranker(collection, cfg, scfg)
-        vector, timings, device = self.embed_query(image, cfg)
+        vector, timings, device = self.embed_query(image, cfg, device)
         return self._search_vector(vector, ranker, gallery, cfg, scfg, timings, device, started)
 
     def _search_vector(self, vector, ranker, gallery, cfg, scfg, timings, device, started) -> SearchResult:
@@ -368,14 +371,14 @@ class Studio:
         return SearchResult(hits, timings, device, cfg.key, asdict(scfg))
 
     def compare(self, image, collection: str, a: tuple[ExtractorConfig, SearchConfig],
-                b: tuple[ExtractorConfig, SearchConfig]) -> Comparison:
+                b: tuple[ExtractorConfig, SearchConfig], devices: tuple[str | None, str | None] = (None, None)) -> Comparison:
         """Two configurations, one query: both result lists and how they agree."""
         results, orders = [], []
-        for cfg, scfg in (a, b):
+        for (cfg, scfg), device in zip((a, b), devices):
             started = time.perf_counter()
             cfg = cfg.resolved()
             ranker, gallery = self.ranker(collection, cfg, scfg)
-            vector, timings, device = self.embed_query(image, cfg)
+            vector, timings, device = self.embed_query(image, cfg, device)
             results.append(self._search_vector(vector, ranker, gallery, cfg, scfg, timings, device, started))
             orders.append((gallery, ranker.full_order(vector[None])[0]))
         # Align both orders on image identity: the two galleries may differ
@@ -407,13 +410,82 @@ class Studio:
         report.config = {"extractor": asdict(cfg), "key": cfg.key, "search": asdict(scfg), "collection": collection}
         return report
 
+    # -- uploads and galleries ------------------------------------------------
+    @property
+    def blob_root(self) -> Path:
+        """Uploaded images live here, named by content hash, beside the database."""
+        return self.store.path.parent / "images"
+
+    def upload(self, uploads: Sequence[tuple[Path, str, str | None]], collection: str,
+               cfg: ExtractorConfig = ExtractorConfig(), progress: Progress | None = None) -> IndexReport:
+        """Add uploaded images and zips: store blobs by hash, then index them.
+
+        Blobs of files that turn out not to be images are deleted again, so
+        a rejected upload leaves nothing behind.
+        """
+        from .uploads import intake
+
+        taken = intake(list(uploads), self.blob_root, self.limits)
+        report = self.add_files(taken.sources, collection, cfg, progress)
+        report.skipped = taken.skipped + report.skipped
+        refused = {s.name for s in report.skipped}
+        for source in taken.sources:
+            if source.name in refused:
+                digest = Path(source.path).stem
+                if not self.store.has_image(digest):
+                    Path(source.path).unlink(missing_ok=True)
+        report.limit = taken.limit_hit
+        return report
+
+    def members(self, collection: str):
+        return self.store.members(self._collection(collection))
+
+    def fork(self, source: str, target: str) -> str:
+        """Copy-on-write: ``target`` starts with ``source``'s images, no vectors copied."""
+        if self.store.collection_id(target) is None:
+            self.store.copy_collection(source, target)
+        return target
+
+    def touch(self, collection: str) -> None:
+        cid = self.store.collection_id(collection)
+        if cid is not None:
+            self.store.touch(cid)
+
+    def cleanup(self, prefix: str, max_idle_s: float) -> list[str]:
+        """Drop collections named ``prefix...`` idle for longer than ``max_idle_s``.
+
+        Images no other collection holds go too, with their uploaded blobs.
+        """
+        from datetime import datetime, timedelta, timezone
+
+        cutoff = (datetime.now(timezone.utc) - timedelta(seconds=max_idle_s)).isoformat(timespec="seconds")
+        dropped = []
+        for name in self.store.idle_collections(prefix, cutoff):
+            self.drop_collection(name)
+            dropped.append(name)
+        return dropped
+
+    def _remove_orphan_blobs(self) -> None:
+        if not self.blob_root.is_dir():
+            return
+        known = set(self.store.known_images())
+        for blob in self.blob_root.glob("*/*"):
+            if blob.stem not in known and not blob.name.startswith("."):
+                blob.unlink(missing_ok=True)
+
     # -- housekeeping -------------------------------------------------------
     def remove(self, path_or_hash: str, collection: str | None = None) -> list[str]:
         cid = self._collection(collection) if collection is not None else None
-        return self.store.remove(path_or_hash, cid)
+        removed = self.store.remove(path_or_hash, cid)
+        if removed:
+            self._remove_orphan_blobs()
+        return removed
 
     def collections(self):
         return self.store.collections()
 
     def drop_collection(self, name: str) -> bool:
-        return self.store.drop_collection(name)
+        dropped = self.store.drop_collection(name)
+        if dropped:
+            self._remove_orphan_blobs()
+        return dropped

@@ -138,7 +138,7 @@ class Store:
             )
             db["embeddings"].create_index(["image_id"], if_not_exists=True)
             db["collections"].create(
-                {"id": int, "name": str, "created": str, "generation": int},
+                {"id": int, "name": str, "created": str, "generation": int, "touched": str},
                 pk="id", not_null={"name"}, defaults={"generation": 0}, if_not_exists=True,
             )
             db["collections"].create_index(["name"], unique=True, if_not_exists=True)
@@ -181,7 +181,33 @@ class Store:
             if not create:
                 return None
             with self.db.atomic():
-                return self.db["collections"].insert({"name": name, "created": _now(), "generation": 0}).last_pk
+                return self.db["collections"].insert(
+                    {"name": name, "created": _now(), "generation": 0, "touched": _now()}).last_pk
+
+    def touch(self, collection_id: int) -> None:
+        """Record use, so cleanup of idle per-session galleries spares it."""
+        with self._lock, self.db.atomic():
+            self.db.execute("UPDATE collections SET touched = ? WHERE id = ?", [_now(), collection_id])
+
+    def idle_collections(self, prefix: str, older_than: str) -> list[str]:
+        """Names starting with ``prefix`` untouched since ``older_than`` (ISO time)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT name FROM collections WHERE name LIKE ? ESCAPE '\\' AND COALESCE(touched, created) < ?",
+            [prefix.replace("%", "\\%").replace("_", "\\_") + "%", older_than])]
+
+    def copy_collection(self, source: str, target: str) -> int:
+        """A new collection with the same members; no image or vector is copied."""
+        with self._lock:
+            src = self.collection_id(source)
+            dst = self.collection_id(target, create=True)
+            if src is not None:
+                with self.db.atomic():
+                    self.db.execute(
+                        """INSERT OR IGNORE INTO members (collection_id, image_id, name, path, label, added)
+                           SELECT ?, image_id, name, path, label, added FROM members WHERE collection_id = ?
+                           ORDER BY rowid""", [dst, src])
+                    self._bump([dst])
+            return dst
 
     def generation(self, collection_id: int) -> int:
         row = self.db.execute("SELECT generation FROM collections WHERE id = ?", [collection_id]).fetchone()
@@ -318,6 +344,9 @@ class Store:
             if self.db.execute("SELECT 1 FROM members WHERE image_id = ? LIMIT 1", [iid]).fetchone() is None:
                 self.db.execute("DELETE FROM embeddings WHERE image_id = ?", [iid])
                 self.db.execute("DELETE FROM images WHERE id = ?", [iid])
+
+    def has_image(self, sha256: str) -> bool:
+        return self.db.execute("SELECT 1 FROM images WHERE sha256 = ?", [sha256]).fetchone() is not None
 
     # -- loading for search -----------------------------------------------
     def gallery(self, collection_id: int, config_id: int) -> Gallery:

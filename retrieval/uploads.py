@@ -1,0 +1,137 @@
+"""Uploaded files and zip archives -> image blobs stored by content hash.
+
+Why its own stage: uploads come from strangers. A file's name never decides
+where it lands on disk (blobs are named by sha256), zip entries that try to
+escape (``../``, absolute paths), nested archives and symbolic links are
+refused with a reason, and every cap (files, bytes, compression ratio) is
+checked while reading, so a zip bomb costs at most the cap.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from .files import SourceFile, Skipped, sha256
+from .settings import Limits
+
+_SAFE_EXT = re.compile(r"^\.[a-z0-9]{1,5}$")
+_ARCHIVES = (".zip",)
+_MAX_RATIO = 200  # uncompressed / compressed; images barely compress, bombs do
+
+
+class LimitExceeded(ValueError):
+    """A cap on the whole upload was hit; the message names it."""
+
+
+@dataclass
+class Intake:
+    """What an upload produced: blobs ready to index, and what was refused."""
+
+    sources: list[SourceFile] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    total_bytes: int = 0
+    limit_hit: str | None = None
+
+
+def blob_path(root: Path, digest: str, name: str) -> Path:
+    ext = Path(name).suffix.lower()
+    return root / digest[:2] / f"{digest}{ext if _SAFE_EXT.match(ext) else '.bin'}"
+
+
+def _store_blob(root: Path, data: bytes, name: str) -> Path:
+    path = blob_path(root, sha256(data), name)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path
+
+
+def _label_from_parts(parts: tuple[str, ...]) -> str | None:
+    return parts[0] if len(parts) > 1 else None
+
+
+def _zip_entries(archive: Path, display: str, limits: Limits, intake: Intake) -> Iterator[tuple[str, str | None, bytes]]:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        intake.skipped.append(Skipped(display, f"not a readable zip archive: {exc}"))
+        return
+    with zf:
+        for info in zf.infolist():
+            name = info.filename
+            shown = f"{display}/{name}"
+            if info.is_dir():
+                continue
+            path = PurePosixPath(name.replace("\\", "/"))
+            if path.is_absolute() or ".." in path.parts or re.match(r"^[A-Za-z]:", name):
+                intake.skipped.append(Skipped(shown, "unsafe path in archive (absolute or '..'); not extracted"))
+                continue
+            if stat.S_ISLNK(info.external_attr >> 16):
+                intake.skipped.append(Skipped(shown, "symbolic link in archive; not followed"))
+                continue
+            if any(part.startswith(".") or part == "__MACOSX" for part in path.parts):
+                continue  # resource forks and hidden files
+            if path.suffix.lower() in _ARCHIVES:
+                intake.skipped.append(Skipped(shown, "nested archive; not opened"))
+                continue
+            if info.file_size > limits.max_file_bytes:
+                intake.skipped.append(Skipped(shown, f"file too large: {info.file_size:,} bytes exceeds {limits.max_file_bytes:,}"))
+                continue
+            if info.compress_size and info.file_size / info.compress_size > _MAX_RATIO:
+                intake.skipped.append(Skipped(shown, f"suspicious compression ratio ({info.file_size // info.compress_size}:1); not extracted"))
+                continue
+            try:
+                with zf.open(info) as fh:
+                    data = fh.read(limits.max_file_bytes + 1)  # never trust the declared size
+            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+                intake.skipped.append(Skipped(shown, f"cannot extract: {exc}"))
+                continue
+            if len(data) > limits.max_file_bytes:
+                intake.skipped.append(Skipped(shown, f"file too large: exceeds {limits.max_file_bytes:,} bytes"))
+                continue
+            yield shown, _label_from_parts(path.parts), data
+
+
+def intake(uploads: list[tuple[Path, str, str | None]], blob_root: Path, limits: Limits = Limits()) -> Intake:
+    """Store uploaded files (and the images inside zips) as content-named blobs.
+
+    ``uploads`` holds (temporary path, name as the user called it, label).
+    Stops taking files once a whole-upload cap is reached and says which.
+    """
+    result = Intake()
+    for path, display, label in uploads:
+        path = Path(path)
+        entries: Iterator[tuple[str, str | None, bytes]]
+        if path.suffix.lower() in _ARCHIVES or display.lower().endswith(_ARCHIVES):
+            entries = _zip_entries(path, display, limits, result)
+        else:
+            try:
+                size = path.stat().st_size
+                if size > limits.max_file_bytes:
+                    result.skipped.append(Skipped(display, f"file too large: {size:,} bytes exceeds {limits.max_file_bytes:,}"))
+                    continue
+                entries = iter([(display, label, path.read_bytes())])
+            except OSError as exc:
+                result.skipped.append(Skipped(display, f"cannot read upload: {exc.strerror or exc}"))
+                continue
+        for name, entry_label, data in entries:
+            if len(result.sources) >= limits.max_files:
+                result.limit_hit = f"file limit reached: at most {limits.max_files:,} files per upload"
+                result.skipped.append(Skipped(name, result.limit_hit))
+                continue
+            if result.total_bytes + len(data) > limits.max_total_bytes:
+                result.limit_hit = f"size limit reached: at most {limits.max_total_bytes // (1024 * 1024):,} MB per upload"
+                result.skipped.append(Skipped(name, result.limit_hit))
+                continue
+            result.total_bytes += len(data)
+            blob = _store_blob(blob_root, data, name)
+            result.sources.append(SourceFile(blob, name, entry_label if entry_label is not None else label))
+    return result
