@@ -428,12 +428,8 @@ class Studio:
         taken = intake(list(uploads), self.blob_root, self.limits)
         report = self.add_files(taken.sources, collection, cfg, progress)
         report.skipped = taken.skipped + report.skipped
-        refused = {s.name for s in report.skipped}
-        for source in taken.sources:
-            if source.name in refused:
-                digest = Path(source.path).stem
-                if not self.store.has_image(digest):
-                    Path(source.path).unlink(missing_ok=True)
+        if any(s.name in {src.name for src in taken.sources} for s in report.skipped) or report.duplicates:
+            self._remove_orphan_blobs()
         report.limit = taken.limit_hit
         return report
 
@@ -468,9 +464,9 @@ class Studio:
     def _remove_orphan_blobs(self) -> None:
         if not self.blob_root.is_dir():
             return
-        known = set(self.store.known_images())
+        in_use = self.store.member_paths()
         for blob in self.blob_root.glob("*/*"):
-            if blob.stem not in known and not blob.name.startswith("."):
+            if str(blob.resolve()) not in in_use and not blob.name.startswith("."):
                 blob.unlink(missing_ok=True)
 
     # -- housekeeping -------------------------------------------------------

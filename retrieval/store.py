@@ -345,6 +345,9 @@ class Store:
                 self.db.execute("DELETE FROM embeddings WHERE image_id = ?", [iid])
                 self.db.execute("DELETE FROM images WHERE id = ?", [iid])
 
+    def member_paths(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT DISTINCT path FROM members WHERE path IS NOT NULL")}
+
     def has_image(self, sha256: str) -> bool:
         return self.db.execute("SELECT 1 FROM images WHERE sha256 = ?", [sha256]).fetchone() is not None
 

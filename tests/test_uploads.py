@@ -92,7 +92,7 @@ def test_service_upload_skips_corrupt_and_cleans_its_blob(studio, photo_folder, 
     assert sorted(report.added) == ["mixed.zip/cats/good.jpg", "mixed.zip/coffee/fine.jpg"]
     assert [s.name for s in report.skipped] == ["mixed.zip/cats/broken.jpg"]
     blobs = sorted(p.stem for p in studio.blob_root.rglob("*") if p.is_file())
-    assert len(blobs) == 2 and all(studio.store.has_image(b) for b in blobs)
+    assert len(blobs) == 2 and all(studio.store.has_image(b) for b in blobs)  # the broken one is gone
     labels = sorted(m.label for m in studio.members("uploads-test"))
     assert labels == ["cats", "coffee"]
     studio.drop_collection("uploads-test")
