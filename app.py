@@ -1,58 +1,463 @@
-"""The Gradio studio (minimal first cut: search the demo gallery).
+"""The image retrieval studio: a Gradio app over ``retrieval.service``.
 
-This file only arranges components and calls ``retrieval.service``; it holds
-no SQL, numpy math or model code.
+This file arranges components and calls the service layer; it holds no SQL,
+no numpy math and no model code. Run ``python app.py`` and open
+http://127.0.0.1:7860. Options: ``--host``, ``--port``, ``--share``,
+``--data-dir`` (or ``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT``,
+``RETRIEVAL_DATA_DIR``) and the upload caps (``--max-files``,
+``--max-upload-mb``, ``--max-pixels``).
+
+Privacy on a shared server: the built-in demo gallery is shared and never
+changed. A browser session that uploads or removes images gets its own
+copy-on-write collection (``session-…``), visible to that session only and
+dropped after ``--session-ttl`` seconds without use.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-import gradio as gr  # noqa: E402
-
-from retrieval import SearchConfig, Studio  # noqa: E402
-from retrieval.settings import data_dir  # noqa: E402
-
-DEMO = Path(__file__).resolve().parent / "assets" / "demo"
+HERE = Path(__file__).resolve().parent
+DEMO_DIR = HERE / "assets" / "demo"
+DEMO = "demo"
+SESSION_PREFIX = "session-"
 
 
-def build(studio: Studio) -> gr.Blocks:
-    def search(image, k):
-        if image is None:
+@dataclass(frozen=True)
+class AppSettings:
+    host: str
+    port: int
+    share: bool
+    data_dir: Path
+    max_files: int
+    max_upload_mb: int
+    max_pixels: int
+    session_ttl_s: int
+
+
+def parse_args(argv: list[str] | None = None) -> AppSettings:
+    p = argparse.ArgumentParser(description="Image retrieval studio")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
+    p.add_argument("--data-dir", default=os.environ.get("RETRIEVAL_DATA_DIR"),
+                   help="SQLite file, uploads and exports (default: ~/.local/share/retrieval-studio)")
+    p.add_argument("--max-files", type=int, default=int(os.environ.get("RETRIEVAL_MAX_FILES", "2000")))
+    p.add_argument("--max-upload-mb", type=int, default=int(os.environ.get("RETRIEVAL_MAX_UPLOAD_MB", "500")))
+    p.add_argument("--max-pixels", type=int, default=int(os.environ.get("RETRIEVAL_MAX_PIXELS", "64000000")))
+    p.add_argument("--session-ttl", type=int, default=int(os.environ.get("RETRIEVAL_SESSION_TTL_S", str(6 * 3600))),
+                   help="seconds before an idle session's gallery is deleted")
+    a = p.parse_args(argv)
+    if a.data_dir:
+        os.environ["RETRIEVAL_DATA_DIR"] = a.data_dir
+    from retrieval.settings import data_dir
+
+    return AppSettings(a.host, a.port, a.share, data_dir(), a.max_files, a.max_upload_mb, a.max_pixels, a.session_ttl)
+
+
+def _prepare_environment(settings: AppSettings) -> None:
+    """Before Gradio is imported: no outside calls, uploads inside the data folder."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["GRADIO_TEMP_DIR"] = str(settings.data_dir / "gradio-uploads")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+
+class Backend:
+    """The one Studio of this process, the demo's start-up state, and cleanup."""
+
+    def __init__(self, settings: AppSettings):
+        from retrieval import Studio
+        from retrieval.settings import Limits
+
+        self.settings = settings
+        limits = Limits(max_pixels=settings.max_pixels, max_files=settings.max_files,
+                        max_total_bytes=settings.max_upload_mb * 1024 * 1024,
+                        max_file_bytes=min(100, settings.max_upload_mb) * 1024 * 1024)
+        self.studio = Studio(settings.data_dir / "retrieval.sqlite", device="auto", limits=limits)
+        self.ready = threading.Event()
+        self.progress = (0, 0)
+        self.error: str | None = None
+        self.device_note = "detecting device…"
+
+    def start(self) -> None:
+        threading.Thread(target=self._warm_up, name="demo-index", daemon=True).start()
+        threading.Thread(target=self._cleanup_loop, name="session-cleanup", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        """Index the demo (cached after the first start), then compile the model once."""
+        try:
+            from retrieval.device import gpu_names
+
+            gpus = gpu_names()
+            self.device_note = (f"GPU available: {gpus[0]}" if gpus else
+                                "No GPU visible to TensorFlow here: everything runs on the CPU.")
+
+            def progress(done: int, total: int, _message: str) -> None:
+                self.progress = (done, total)
+
+            self.studio.index(DEMO_DIR, DEMO, progress=progress)
+            first = next(iter(sorted(DEMO_DIR.rglob("*.jpg"))))
+            self.studio.search(first, DEMO)
+        except Exception as exc:  # shown in the page instead of a dead app
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.ready.set()
+
+    def _cleanup_loop(self) -> None:
+        while True:
+            try:
+                self.studio.cleanup(SESSION_PREFIX, self.settings.session_ttl_s)
+            except Exception:
+                pass  # a busy database is retried next round
+            time.sleep(max(60, min(600, self.settings.session_ttl_s // 4)))
+
+    def wait(self) -> None:
+        self.ready.wait(timeout=600)
+        if self.error:
+            raise RuntimeError(f"the demo gallery could not be prepared: {self.error}")
+
+    def status(self) -> str:
+        if not self.ready.is_set():
+            done, total = self.progress
+            return f"⏳ Preparing the demo gallery… {done}/{total or '?'} images indexed"
+        if self.error:
+            return f"⚠️ {self.error}"
+        return f"✅ Ready. {self.device_note}"
+
+
+def build(backend: Backend):
+    import gradio as gr
+    import pandas as pd
+
+    from retrieval import ExtractorConfig, SearchConfig, ServiceError
+    from retrieval.backbones import BackboneUnavailable
+    from retrieval.config import DEFAULT_BACKBONE, DEFAULT_METRIC, DEFAULT_RERANK, DEFAULT_WHITEN, METRICS, RERANKS, WHITENINGS
+    from retrieval.device import DeviceError
+    from retrieval.pooling import POOLINGS
+
+    studio = backend.studio
+    models = studio.models()
+    ready_models = [m["name"] for m in models if m["ready"]]
+    not_ready = "\n".join(f"- `{m['name']}`: {m['status']}" for m in models if not m["ready"])
+    export_root = backend.settings.data_dir / "exports"
+
+    # -- helpers: names and formatting, no engine logic ----------------------
+    def collection_of(session: str | None) -> str:
+        return session or DEMO
+
+    def writable(session: str | None) -> str:
+        """The session's own gallery, forked from the demo on first change."""
+        name = session or f"{SESSION_PREFIX}{secrets.token_hex(8)}"
+        studio.fork(DEMO, name)
+        return name
+
+    def configs(backbone, pooling, metric, rerank, whiten, k):
+        return ExtractorConfig(backbone=backbone, pooling=pooling), SearchConfig(metric=metric, k=int(k), rerank=rerank, whiten=whiten)
+
+    def captions(result):
+        return [(h.path, f"#{h.rank} · {h.score:.3f} · {h.label or 'unlabelled'}") for h in result.hits]
+
+    def timing_line(result) -> str:
+        t = result.timings
+        return (f"decode **{t['decode_ms']:.1f} ms** · embed **{t['embed_ms']:.1f} ms** · search **{t['search_ms']:.1f} ms** "
+                f"· total **{t['total_ms']:.1f} ms** on **{result.device}**")
+
+    def friendly(fn):
+        """Turn the engine's user-facing errors into a toast, never a traceback."""
+        @functools.wraps(fn)  # Gradio reads the signature: API names, defaults, gr.Progress
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (ServiceError, BackboneUnavailable, DeviceError, ValueError) as exc:
+                raise gr.Error(str(exc).splitlines()[0]) from None
+        return wrapper
+
+    def gallery_items(session):
+        return [(m.path, f"{m.label or 'unlabelled'} · {m.name}") for m in studio.members(collection_of(session)) if m.path]
+
+    def gallery_info(session) -> str:
+        members = studio.members(collection_of(session))
+        labels = {m.label for m in members if m.label}
+        owner = "the shared demo gallery (read-only: changes make your own copy)" if not session else "your private gallery"
+        return f"**{len(members)} images**, {len(labels)} labels — {owner}."
+
+    # -- event handlers --------------------------------------------------------
+    @friendly
+    def search(query, backbone=DEFAULT_BACKBONE, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK,
+               whiten=DEFAULT_WHITEN, k=8, device="auto", session=None):
+        """Rank the gallery against the query image; returns results and timings."""
+        if query is None:
+            raise gr.Error("Choose a query image first (upload, webcam, paste, or click a gallery image).")
+        backend.wait()
+        cfg, scfg = configs(backbone, pooling, metric, rerank, whiten, k)
+        studio.touch(collection_of(session))
+        result = studio.search(query, collection_of(session), cfg, scfg, device=device)
+        return captions(result), timing_line(result)
+
+    @friendly
+    def compare(query, a_backbone, a_pooling, a_metric, a_rerank, b_backbone, b_pooling, b_metric, b_rerank,
+                k=8, a_device="auto", b_device="auto", session=None):
+        """Two configurations on one query, side by side, with their agreement."""
+        if query is None:
             raise gr.Error("Choose a query image first.")
-        result = studio.search(image, "demo", scfg=SearchConfig(k=int(k)))
-        return [(h.path, f"#{h.rank} · {h.score:.3f} · {h.label or '-'}") for h in result.hits]
+        backend.wait()
+        a = configs(a_backbone, a_pooling, a_metric, a_rerank, DEFAULT_WHITEN, k)
+        b = configs(b_backbone, b_pooling, b_metric, b_rerank, DEFAULT_WHITEN, k)
+        cmp = studio.compare(query, collection_of(session), a, b, devices=(a_device, b_device))
+        ag = cmp.agreement
+        summary = (f"**overlap@{ag.k}: {ag.overlap_at_k:.2f}** · Kendall τ (top-{ag.k} union): {ag.kendall_tau:.2f} "
+                   f"· Spearman ρ (full ranking): {ag.spearman_rho:.2f}")
+        return captions(cmp.a), timing_line(cmp.a), captions(cmp.b), timing_line(cmp.b), summary
 
-    with gr.Blocks(title="Image retrieval studio") as demo:
-        gr.Markdown("# Image retrieval studio")
-        with gr.Row():
-            query = gr.Image(type="numpy", label="Query", elem_id="query-image", sources=["upload", "webcam", "clipboard"])
-            with gr.Column():
-                k = gr.Slider(1, 30, value=8, step=1, label="k")
-                button = gr.Button("Search", variant="primary", elem_id="search-button")
-        results = gr.Gallery(label="Results", elem_id="results-gallery", columns=4)
-        button.click(search, [query, k], results, api_name="search")
-    return demo
+    @friendly
+    def add_images(files, session=None, progress=gr.Progress()):
+        """Add images and zip archives (labels from folder names) to your gallery."""
+        if not files:
+            raise gr.Error("Choose images, a folder or a zip to add.")
+        backend.wait()
+        paths = [Path(f if isinstance(f, str) else f.name) for f in files]
+        base = os.path.commonpath([str(p.parent) for p in paths]) if len(paths) > 1 else str(paths[0].parent)
+        uploads = []
+        for p in paths:
+            rel = Path(os.path.relpath(p, base))
+            label = rel.parts[0] if len(rel.parts) > 1 else None  # folder uploads keep their subfolders
+            uploads.append((p, rel.as_posix(), label))
+        session = writable(session)
+        progress(0, desc="Reading uploads…")
+
+        def report_progress(done, total, message):
+            progress((done, max(total, 1)), desc=f"Indexing: {message}")
+
+        report = studio.upload(uploads, session, progress=report_progress)
+        lines = [f"**{len(report.added)} added**, {len(report.duplicates)} duplicates, "
+                 f"{report.unchanged} already in the gallery, **{len(report.skipped)} skipped** "
+                 f"({report.computed} embeddings computed in {report.seconds:.1f} s on {report.device})."]
+        if report.limit:
+            lines.append(f"⚠️ {report.limit}.")
+        lines += [f"- duplicate: `{n}` (same content as `{d}`)" for n, d in report.duplicates[:50]]
+        lines += [f"- skipped: `{s.name}`: {s.reason}" for s in report.skipped[:200]]
+        return "\n".join(lines), gallery_items(session), gallery_info(session), session
+
+    @friendly
+    def remove_selected(selected, session=None):
+        if selected is None:
+            raise gr.Error("Click an image in the gallery first.")
+        session = writable(session)
+        studio.remove(selected, session)
+        return gallery_items(session), gallery_info(session), session, None
+
+    def reset(session=None):
+        if session:
+            studio.drop_collection(session)
+        return gallery_items(None), gallery_info(None), None, None
+
+    def refresh(session=None):
+        backend.wait()
+        return gallery_items(session), gallery_info(session)
+
+    def on_gallery_select(session, evt: gr.SelectData):
+        members = [m for m in studio.members(collection_of(session)) if m.path]
+        member = members[evt.index]
+        return member.path, member.path, member.path, f"Selected `{member.name}` ({member.label or 'unlabelled'}): it is now the query."
+
+    @friendly
+    def evaluate(backbones, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK, whiten=DEFAULT_WHITEN,
+                 session=None, progress=gr.Progress()):
+        """Leave-one-out evaluation of one or more backbones on the labelled gallery."""
+        backend.wait()
+        backbones = [backbones] if isinstance(backbones, str) else list(backbones or [DEFAULT_BACKBONE])
+        collection = collection_of(session)
+        rows, curves, classes, reports = [], [], [], []
+        for i, name in enumerate(backbones):
+            progress((i, len(backbones)), desc=f"Evaluating {name}…")
+            cfg, scfg = configs(name, pooling, metric, rerank, whiten, 10)
+            studio.ensure_embeddings(collection, cfg)
+            report = studio.evaluate(collection, cfg, scfg)
+            tag = cfg.resolved().label
+            reports.append(report.to_json())
+            rows.append({"configuration": tag, "metric": metric, "rerank": rerank, "post": whiten,
+                         "mAP": round(report.map, 4), "P@1": round(report.p_at[1], 4), "P@5": round(report.p_at[5], 4),
+                         "P@10": round(report.p_at[10], 4), "R@10": round(report.r_at[10], 4),
+                         "nDCG@10": round(report.ndcg_at_10, 4), "queries": report.queries,
+                         "ms/query": round(1000 * report.seconds / max(report.queries, 1), 3)})
+            curves += [{"k": k, "precision": p, "configuration": tag} for k, p in enumerate(report.precision_curve, 1)]
+            classes += [{"class": c, "AP": ap, "configuration": tag} for c, ap in report.per_class_ap.items()]
+        table = pd.DataFrame(rows)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = export_root / secrets.token_hex(6)
+        folder.mkdir(parents=True, exist_ok=True)
+        csv_path, json_path = folder / f"evaluation-{stamp}.csv", folder / f"evaluation-{stamp}.json"
+        table.to_csv(csv_path, index=False)
+        json_path.write_text(json.dumps({"collection": collection if not session else "session", "reports": reports}, indent=2))
+        return (table, pd.DataFrame(curves), pd.DataFrame(classes), [str(csv_path), str(json_path)],
+                f"Evaluated {len(backbones)} configuration(s) on {rows[0]['queries']} labelled queries.")
+
+    def eval_hint(session=None):
+        backend.wait()
+        members = studio.members(collection_of(session))
+        if not any(m.label for m in members):
+            return ("This gallery has no labels, so there is nothing to score against. Add images in **one folder per "
+                    "label** (a folder upload or a zip with subfolders), or index with a `filename,label` CSV "
+                    "(`python -m retrieval index FOLDER --labels labels.csv`).")
+        labels = {m.label for m in members if m.label}
+        return f"{sum(1 for m in members if m.label)} labelled images in {len(labels)} classes: every one queries the rest."
+
+    # -- layout ----------------------------------------------------------------
+    model_choices = ready_models or [DEFAULT_BACKBONE]
+    examples = [str(DEMO_DIR / p) for p in ("cat/chelsea_crop.jpg", "coffee/coffee_flipped.jpg", "rocket/rocket_faded.jpg",
+                                             "texture/gravel_crop.jpg", "fashion-sneaker/fmnist-test-0009.png")]
+    examples = [e for e in examples if Path(e).exists()]
+
+    def settings_block(prefix: str, backbone=DEFAULT_BACKBONE, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK):
+        b = gr.Dropdown(model_choices, value=backbone if backbone in model_choices else model_choices[0],
+                        label=f"{prefix}Backbone", info="only backbones ready on this machine are listed")
+        p = gr.Radio(list(POOLINGS), value=pooling, label=f"{prefix}Pooling")
+        m = gr.Dropdown(list(METRICS), value=metric, label=f"{prefix}Metric")
+        r = gr.Radio(list(RERANKS), value=rerank, label=f"{prefix}Re-ranking", info="qe: αQE · dba: database-side augmentation")
+        return b, p, m, r
+
+    css = """
+    #results-gallery, #compare-a, #compare-b {min-height: 320px}
+    .timing {font-size: 0.9em; opacity: 0.85}
+    """
+    with gr.Blocks(title="Image retrieval studio", delete_cache=(3600, 6 * 3600)) as ui:
+        session = gr.State(None)
+        gr.Markdown("# Image retrieval studio\nQuery a gallery with an image and see which images a CNN finds most "
+                    "alike — under different backbones, poolings, metrics and re-rankings — with the numbers.")
+        status = gr.Markdown(backend.status(), elem_id="status")
+        timer = gr.Timer(1.0)
+        timer.tick(lambda: (backend.status(), gr.Timer(active=not backend.ready.is_set())), None, [status, timer],
+                   api_visibility="private")
+
+        with gr.Tabs():
+            with gr.Tab("Search", id="search"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        query = gr.Image(type="filepath", label="Query image", elem_id="query-image",
+                                         sources=["upload", "webcam", "clipboard"], height=300)
+                        gr.Examples(examples, inputs=query, label="Example queries")
+                    with gr.Column(scale=1):
+                        backbone, pooling, metric, rerank = settings_block("")
+                        with gr.Row():
+                            whiten = gr.Radio(list(WHITENINGS), value=DEFAULT_WHITEN, label="Post-processing",
+                                              info="center: subtract the gallery mean · pca: PCA-whitening")
+                            device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="Device")
+                        k = gr.Slider(1, 50, value=8, step=1, label="k (results)")
+                        search_button = gr.Button("Search", variant="primary", elem_id="search-button")
+                results = gr.Gallery(label="Most alike", elem_id="results-gallery", columns=4, height=420, object_fit="contain")
+                timings = gr.Markdown(elem_classes=["timing"], elem_id="search-timings")
+                if not_ready:
+                    with gr.Accordion("Backbones not ready on this machine", open=False):
+                        gr.Markdown(not_ready)
+
+            with gr.Tab("Compare", id="compare"):
+                gr.Markdown("Run two configurations on the same query — two backbones, cosine against Euclidean, "
+                            "CPU against GPU — and see where they agree.")
+                with gr.Row():
+                    compare_query = gr.Image(type="filepath", label="Query image", elem_id="compare-query",
+                                             sources=["upload", "webcam", "clipboard"], height=240)
+                    with gr.Column():
+                        gr.Examples(examples, inputs=compare_query, label="Example queries")
+                        compare_k = gr.Slider(1, 30, value=8, step=1, label="k")
+                        compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+                agreement = gr.Markdown(elem_id="compare-agreement")
+                with gr.Row():
+                    with gr.Column():
+                        gr.Markdown("### A")
+                        a_backbone, a_pooling, a_metric, a_rerank = settings_block("A · ")
+                        a_device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="A · Device")
+                        a_results = gr.Gallery(label="A results", elem_id="compare-a", columns=4, height=360, object_fit="contain")
+                        a_timings = gr.Markdown(elem_classes=["timing"])
+                    with gr.Column():
+                        gr.Markdown("### B")
+                        b_default = "colorhist" if "colorhist" in model_choices else model_choices[0]
+                        b_backbone, b_pooling, b_metric, b_rerank = settings_block("B · ", backbone=b_default, metric="euclidean", rerank="none")
+                        b_device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="B · Device")
+                        b_results = gr.Gallery(label="B results", elem_id="compare-b", columns=4, height=360, object_fit="contain")
+                        b_timings = gr.Markdown(elem_classes=["timing"])
+
+            with gr.Tab("Gallery", id="gallery"):
+                info = gr.Markdown(elem_id="gallery-info")
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        upload = gr.File(file_count="multiple", label="Add images or a zip (subfolders become labels)",
+                                         elem_id="gallery-upload")
+                        folder = gr.File(file_count="directory", label="…or a whole folder", elem_id="gallery-folder")
+                        add_button = gr.Button("Add to my gallery", variant="primary", elem_id="add-button")
+                    with gr.Column(scale=3):
+                        summary = gr.Markdown(elem_id="upload-summary")
+                browse = gr.Gallery(label="Gallery (click to select)", elem_id="gallery-browser", columns=8, height=420,
+                                    object_fit="contain", allow_preview=False)
+                selected_path = gr.State(None)
+                with gr.Row():
+                    selected_note = gr.Markdown("Click an image to select it.")
+                    use_button = gr.Button("Use as query", elem_id="use-as-query")
+                    remove_button = gr.Button("Remove selected", variant="stop", elem_id="remove-button")
+                    reset_button = gr.Button("Reset to demo gallery", elem_id="reset-button")
+
+            with gr.Tab("Evaluate", id="evaluate"):
+                hint = gr.Markdown(elem_id="eval-hint")
+                with gr.Row():
+                    eval_backbones = gr.CheckboxGroup(model_choices, value=[model_choices[0]] if DEFAULT_BACKBONE not in model_choices else [DEFAULT_BACKBONE],
+                                                      label="Backbones to compare")
+                    eval_pooling = gr.Radio(list(POOLINGS), value="gem", label="Pooling")
+                    eval_metric = gr.Dropdown(list(METRICS), value=DEFAULT_METRIC, label="Metric")
+                    eval_rerank = gr.Radio(list(RERANKS), value=DEFAULT_RERANK, label="Re-ranking")
+                    eval_whiten = gr.Radio(list(WHITENINGS), value=DEFAULT_WHITEN, label="Post-processing")
+                eval_button = gr.Button("Evaluate (leave-one-out)", variant="primary", elem_id="eval-button")
+                eval_note = gr.Markdown()
+                eval_table = gr.Dataframe(label="Metrics", elem_id="eval-table", interactive=False)
+                with gr.Row():
+                    curve_plot = gr.LinePlot(x="k", y="precision", color="configuration", title="Precision@k",
+                                             elem_id="eval-curve", height=320)
+                    class_plot = gr.BarPlot(x="class", y="AP", color="configuration", title="AP per class",
+                                            elem_id="eval-classes", height=320, x_label_angle=-30)
+                exports = gr.File(label="Export (CSV and JSON, with the configuration)", file_count="multiple",
+                                  elem_id="eval-export")
+
+        # -- wiring --------------------------------------------------------------
+        search_inputs = [query, backbone, pooling, metric, rerank, whiten, k, device, session]
+        search_button.click(search, search_inputs, [results, timings], api_name="search")
+        compare_button.click(compare, [compare_query, a_backbone, a_pooling, a_metric, a_rerank, b_backbone, b_pooling,
+                                       b_metric, b_rerank, compare_k, a_device, b_device, session],
+                             [a_results, a_timings, b_results, b_timings, agreement], api_name="compare")
+        add_button.click(add_images, [upload, session], [summary, browse, info, session], api_name="add_images")
+        private = {"api_visibility": "private"}  # UI-only events: not callable through the API
+        folder.upload(add_images, [folder, session], [summary, browse, info, session], **private)
+        browse.select(on_gallery_select, [session], [selected_path, query, compare_query, selected_note], **private)
+        use_button.click(lambda p: p, selected_path, query, **private)
+        remove_button.click(remove_selected, [selected_path, session], [browse, info, session, selected_path], **private)
+        reset_button.click(reset, [session], [browse, info, session, selected_path], **private)
+        eval_button.click(evaluate, [eval_backbones, eval_pooling, eval_metric, eval_rerank, eval_whiten, session],
+                          [eval_table, curve_plot, class_plot, exports, eval_note], api_name="evaluate")
+        ui.load(refresh, [session], [browse, info], **private)
+        ui.load(eval_hint, [session], [hint], **private)
+    return ui
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument("--share", action="store_true")
-    parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args()
-    if args.data_dir:
-        os.environ["RETRIEVAL_DATA_DIR"] = args.data_dir
-    studio = Studio(data_dir() / "retrieval.sqlite")
-    studio.index(DEMO, "demo")
-    build(studio).queue().launch(server_name=args.host, server_port=args.port, share=args.share,
-                                 allowed_paths=[str(DEMO), str(data_dir())])
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_args(argv)
+    _prepare_environment(settings)
+    import gradio as gr
+
+    backend = Backend(settings)
+    backend.start()
+    ui = build(backend)
+    ui.queue(default_concurrency_limit=4).launch(
+        server_name=settings.host, server_port=settings.port, share=settings.share,
+        allowed_paths=[str(DEMO_DIR), str(settings.data_dir / "images"), str(settings.data_dir / "exports")],
+        max_file_size=settings.max_upload_mb * 1024 * 1024, theme=gr.themes.Soft(),
+    )
 
 
 if __name__ == "__main__":

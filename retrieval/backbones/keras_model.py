@@ -37,11 +37,26 @@ class GlobalPooling(keras.layers.Layer):
         return {**super().get_config(), "kind": self.kind, "p": self.p}
 
 
+def _bucket(n: int, batch_size: int) -> int:
+    """Pad to the next power of two up to the batch size.
+
+    A compiled backend traces once per input shape: with buckets a single
+    query runs as a batch of 1 (not 32 padded images), and at most
+    log2(batch_size) + 1 shapes are ever traced.
+    """
+    if n >= batch_size:
+        return n
+    size = 1
+    while size < n:
+        size *= 2
+    return min(size, batch_size)
+
+
 class KerasBackbone(Backbone):
     """Wraps a feature-map model: preprocess in numpy, then one compiled call.
 
-    Batches are padded to a fixed size so that compiled backends (XLA, JAX)
-    trace once instead of once per ragged final batch.
+    Batches are padded to a few fixed sizes (see ``_bucket``) so compiled
+    backends (XLA, JAX) do not trace again for every ragged final batch.
     """
 
     def __init__(
@@ -73,7 +88,7 @@ class KerasBackbone(Backbone):
         if n == 0:
             return np.zeros((0,) + tuple(model.output_shape[1:]), np.float32)
         x = self.preprocess(np.asarray(images, dtype=np.float32))
-        size = max(self.batch_size, n) if n > self.batch_size else self.batch_size
+        size = _bucket(n, self.batch_size)
         if n < size:
             x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
         with placed(self.placement):
