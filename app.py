@@ -129,10 +129,10 @@ class Backend:
     def status(self) -> str:
         if not self.ready.is_set():
             done, total = self.progress
-            return f"⏳ Preparing the demo gallery… {done}/{total or '?'} images indexed"
+            return f"**Preparing the demo gallery…** {done}/{total or '?'} images indexed"
         if self.error:
-            return f"⚠️ {self.error}"
-        return f"✅ Ready. {self.device_note}"
+            return f"**Not ready:** {self.error}"
+        return f"**Ready.** {self.device_note}"
 
 
 def build(backend: Backend):
@@ -243,7 +243,7 @@ def build(backend: Backend):
                  f"{report.unchanged} already in the gallery, **{len(report.skipped)} skipped** "
                  f"({report.computed} embeddings computed in {report.seconds:.1f} s on {report.device})."]
         if report.limit:
-            lines.append(f"⚠️ {report.limit}.")
+            lines.append(f"**Limit:** {report.limit}.")
         lines += [f"- duplicate: `{n}` (same content as `{d}`)" for n, d in report.duplicates[:50]]
         lines += [f"- skipped: `{s.name}`: {s.reason}" for s in report.skipped[:200]]
         return "\n".join(lines), gallery_items(session), gallery_info(session), session
@@ -291,7 +291,9 @@ def build(backend: Backend):
                          "nDCG@10": round(report.ndcg_at_10, 4), "queries": report.queries,
                          "ms/query": round(1000 * report.seconds / max(report.queries, 1), 3)})
             curves += [{"k": k, "precision": p, "configuration": tag} for k, p in enumerate(report.precision_curve, 1)]
-            classes += [{"class": c, "AP": ap, "configuration": tag} for c, ap in report.per_class_ap.items()]
+            # One bar per (class, configuration), side by side: colour alone would stack them.
+            classes += [{"class": f"{c} [{i + 1}]", "AP": ap, "configuration": f"[{i + 1}] {tag}"}
+                        for c, ap in report.per_class_ap.items()]
         table = pd.DataFrame(rows)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         folder = export_root / secrets.token_hex(6)
@@ -376,14 +378,14 @@ def build(backend: Backend):
                         gr.Markdown("### A")
                         a_backbone, a_pooling, a_metric, a_rerank = settings_block("A · ")
                         a_device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="A · Device")
-                        a_results = gr.Gallery(label="A results", elem_id="compare-a", columns=4, height=360, object_fit="contain")
+                        a_results = gr.Gallery(label="A results", elem_id="compare-a", columns=3, height=360, object_fit="contain")
                         a_timings = gr.Markdown(elem_classes=["timing"])
                     with gr.Column():
                         gr.Markdown("### B")
                         b_default = "colorhist" if "colorhist" in model_choices else model_choices[0]
                         b_backbone, b_pooling, b_metric, b_rerank = settings_block("B · ", backbone=b_default, metric="euclidean", rerank="none")
                         b_device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="B · Device")
-                        b_results = gr.Gallery(label="B results", elem_id="compare-b", columns=4, height=360, object_fit="contain")
+                        b_results = gr.Gallery(label="B results", elem_id="compare-b", columns=3, height=360, object_fit="contain")
                         b_timings = gr.Markdown(elem_classes=["timing"])
 
             with gr.Tab("Gallery", id="gallery"):
@@ -421,7 +423,7 @@ def build(backend: Backend):
                     curve_plot = gr.LinePlot(x="k", y="precision", color="configuration", title="Precision@k",
                                              elem_id="eval-curve", height=320)
                     class_plot = gr.BarPlot(x="class", y="AP", color="configuration", title="AP per class",
-                                            elem_id="eval-classes", height=320, x_label_angle=-30)
+                                            elem_id="eval-classes", height=320, x_label_angle=-45, sort="x", y_lim=[0, 1])
                 exports = gr.File(label="Export (CSV and JSON, with the configuration)", file_count="multiple",
                                   elem_id="eval-export")
 

@@ -65,3 +65,61 @@ def indexed(studio, photo_folder):
     """The photo folder indexed once with the default configuration."""
     report = studio.index(photo_folder, collection="photos")
     return report
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """The real app in a subprocess, on a free port, with its own data folder."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path_factory.mktemp("appdata")
+    port = _free_port()
+    log = open(data / "app.log", "w")
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", str(data)],
+                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    while True:
+        try:
+            if urllib.request.urlopen(url, timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"app did not start: {(data / 'app.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def gallery_zip(tmp_path, photo_folder):
+    """A labelled zip of three real photos plus one corrupt file."""
+    import zipfile
+
+    path = tmp_path / "upload.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.write(photo_folder / "space" / "camera.png", "cameraman/camera.png")
+        zf.write(photo_folder / "coffee" / "coffee_bright.jpg", "espresso/bright.jpg")
+        zf.write(photo_folder / "space" / "rocket.jpg", "launch/rocket.jpg")
+        zf.writestr("espresso/corrupt.jpg", (photo_folder / "coffee" / "coffee.jpg").read_bytes()[:700])
+    return path
