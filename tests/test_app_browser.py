@@ -52,11 +52,14 @@ def _shot(page, name: str) -> None:
         page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
-def _tab(page, name: str) -> None:
+def _tab(page, name: str, ready: str) -> None:
+    """Open a tab and wait until its component is on screen, as a user would."""
     page.get_by_role("tab", name=name).click()
+    page.locator(ready).wait_for(state="visible")
 
 
 def test_upload_a_query_and_see_results(page):
+    page.locator("#query-image").wait_for(state="visible")
     page.locator("#query-image input[type=file]").set_input_files(str(DEMO / "coffee" / "coffee_crop.jpg"))
     page.locator("#query-image img").first.wait_for()
     page.locator("#search-button").click()
@@ -70,7 +73,7 @@ def test_upload_a_query_and_see_results(page):
 
 
 def test_upload_a_gallery_zip(page, gallery_zip):
-    _tab(page, "Gallery")
+    _tab(page, "Gallery", "#gallery-upload")
     page.locator("#gallery-upload input[type=file]").set_input_files(str(gallery_zip))
     page.locator("#gallery-upload:has-text('upload.zip')").wait_for()
     page.locator("#add-button").click()
@@ -83,7 +86,7 @@ def test_upload_a_gallery_zip(page, gallery_zip):
 
 
 def test_compare_mode(page):
-    _tab(page, "Compare")
+    _tab(page, "Compare", "#compare-query")
     page.locator("#compare-query input[type=file]").set_input_files(str(DEMO / "cat" / "chelsea_faded.jpg"))
     page.locator("#compare-query img").first.wait_for()
     page.locator("#compare-button").click()
@@ -94,7 +97,7 @@ def test_compare_mode(page):
 
 
 def test_evaluate_tab_shows_table_and_plots(page):
-    _tab(page, "Evaluate")
+    _tab(page, "Evaluate", "#eval-button")
     page.locator("#eval-hint:has-text('labelled images')").wait_for()
     page.get_by_label("colorhist").check()
     page.locator("#eval-button").click()
