@@ -29,6 +29,10 @@ HERE = Path(__file__).resolve().parent
 DEMO_DIR = HERE / "assets" / "demo"
 DEMO = "demo"
 SESSION_PREFIX = "session-"
+CSS = """
+#results-gallery, #compare-a, #compare-b {min-height: 320px}
+.timing {font-size: 0.9em; opacity: 0.85}
+"""
 
 
 @dataclass(frozen=True)
@@ -328,10 +332,6 @@ def build(backend: Backend):
         r = gr.Radio(list(RERANKS), value=rerank, label=f"{prefix}Re-ranking", info="qe: αQE · dba: database-side augmentation")
         return b, p, m, r
 
-    css = """
-    #results-gallery, #compare-a, #compare-b {min-height: 320px}
-    .timing {font-size: 0.9em; opacity: 0.85}
-    """
     with gr.Blocks(title="Image retrieval studio", delete_cache=(3600, 6 * 3600)) as ui:
         session = gr.State(None)
         gr.Markdown("# Image retrieval studio\nQuery a gallery with an image and see which images a CNN finds most "
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     ui.queue(default_concurrency_limit=4).launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
         allowed_paths=[str(DEMO_DIR), str(settings.data_dir / "images"), str(settings.data_dir / "exports")],
-        max_file_size=settings.max_upload_mb * 1024 * 1024, theme=gr.themes.Soft(),
+        max_file_size=settings.max_upload_mb * 1024 * 1024, theme=gr.themes.Soft(), css=CSS,
     )
 
 

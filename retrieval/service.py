@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backbones import REGISTRY, Backbone, BackboneUnavailable, get_spec
+from .backbones import REGISTRY, Backbone, get_spec
 from .config import ExtractorConfig, SearchConfig
 from .decode import DecodeError, decode
 from .evaluation import Agreement, EvalReport, agreement, exact_duplicate_groups, leave_one_out

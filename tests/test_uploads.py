@@ -1,12 +1,10 @@
 """Uploads: every hostile archive trick is refused with a reason, nothing escapes."""
 
 import io
-import os
 import stat
 import zipfile
 from pathlib import Path
 
-import pytest
 
 from retrieval.settings import Limits
 from retrieval.uploads import blob_path, intake
