@@ -29,6 +29,19 @@ HERE = Path(__file__).resolve().parent
 DEMO_DIR = HERE / "assets" / "demo"
 DEMO = "demo"
 SESSION_PREFIX = "session-"
+# Browsers know each file's path inside an uploaded folder (webkitRelativePath)
+# but Gradio keeps only the base name, which would lose the labels that
+# subfolders carry. This listener records the paths as the files are chosen;
+# the folder-upload event sends them along (FOLDER_JS).
+PAGE_JS = """() => {
+  document.addEventListener('change', (event) => {
+    const input = event.target;
+    if (input && input.matches && input.matches('#gallery-folder input[type=file]') && input.files) {
+      window.__retrievalFolder = Array.from(input.files).map(f => [f.webkitRelativePath || f.name, f.name, f.size]);
+    }
+  }, true);
+}"""
+FOLDER_JS = "(files, paths, session) => [files, JSON.stringify(window.__retrievalFolder || []), session]"
 CSS = """
 #results-gallery, #compare-a, #compare-b {min-height: 320px}
 .timing {font-size: 0.9em; opacity: 0.85}
@@ -223,19 +236,32 @@ def build(backend: Backend):
                    f"· Spearman ρ (full ranking): {ag.spearman_rho:.2f}")
         return captions(cmp.a), timing_line(cmp.a), captions(cmp.b), timing_line(cmp.b), summary
 
+    def as_paths(files) -> list[Path]:
+        return [Path(f if isinstance(f, str) else f.name) for f in files or []]
+
     @friendly
     def add_images(files, session=None, progress=gr.Progress()):
-        """Add images and zip archives (labels from folder names) to your gallery."""
-        if not files:
+        """Add images and zip archives (labels from the folders inside a zip) to your gallery."""
+        uploads = [(p, p.name, None) for p in as_paths(files)]
+        return ingest(uploads, session, progress)
+
+    @friendly
+    def add_folder(files, relative_paths, session=None, progress=gr.Progress()):
+        """A folder upload: first-level subfolders of the chosen folder become labels."""
+        known: dict[tuple[str, int], list[str]] = {}
+        for rel, name, size in json.loads(relative_paths or "[]"):
+            known.setdefault((name, int(size)), []).append(rel)
+        uploads = []
+        for p in as_paths(files):
+            candidates = known.get((p.name, p.stat().st_size)) if p.exists() else None
+            parts = Path(candidates.pop(0)).parts[1:] if candidates else (p.name,)  # drop the chosen folder itself
+            uploads.append((p, "/".join(parts), parts[0] if len(parts) > 1 else None))
+        return ingest(uploads, session, progress)
+
+    def ingest(uploads, session, progress):
+        if not uploads:
             raise gr.Error("Choose images, a folder or a zip to add.")
         backend.wait()
-        paths = [Path(f if isinstance(f, str) else f.name) for f in files]
-        base = os.path.commonpath([str(p.parent) for p in paths]) if len(paths) > 1 else str(paths[0].parent)
-        uploads = []
-        for p in paths:
-            rel = Path(os.path.relpath(p, base))
-            label = rel.parts[0] if len(rel.parts) > 1 else None  # folder uploads keep their subfolders
-            uploads.append((p, rel.as_posix(), label))
         session = writable(session)
         progress(0, desc="Reading uploads…")
 
@@ -394,7 +420,8 @@ def build(backend: Backend):
                     with gr.Column(scale=2):
                         upload = gr.File(file_count="multiple", label="Add images or a zip (subfolders become labels)",
                                          elem_id="gallery-upload")
-                        folder = gr.File(file_count="directory", label="…or a whole folder", elem_id="gallery-folder")
+                        folder = gr.File(file_count="directory", label="…or a whole folder (added at once; subfolders become labels)",
+                                         elem_id="gallery-folder")
                         add_button = gr.Button("Add to my gallery", variant="primary", elem_id="add-button")
                     with gr.Column(scale=3):
                         summary = gr.Markdown(elem_id="upload-summary")
@@ -435,7 +462,8 @@ def build(backend: Backend):
                              [a_results, a_timings, b_results, b_timings, agreement], api_name="compare")
         add_button.click(add_images, [upload, session], [summary, browse, info, session], api_name="add_images")
         private = {"api_visibility": "private"}  # UI-only events: not callable through the API
-        folder.upload(add_images, [folder, session], [summary, browse, info, session], **private)
+        folder_paths = gr.Textbox(visible=False)
+        folder.upload(add_folder, [folder, folder_paths, session], [summary, browse, info, session], js=FOLDER_JS, **private)
         browse.select(on_gallery_select, [session], [selected_path, query, compare_query, selected_note], **private)
         use_button.click(lambda p: p, selected_path, query, **private)
         remove_button.click(remove_selected, [selected_path, session], [browse, info, session, selected_path], **private)
@@ -458,7 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     ui.queue(default_concurrency_limit=4).launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
         allowed_paths=[str(DEMO_DIR), str(settings.data_dir / "images"), str(settings.data_dir / "exports")],
-        max_file_size=settings.max_upload_mb * 1024 * 1024, theme=gr.themes.Soft(), css=CSS,
+        max_file_size=settings.max_upload_mb * 1024 * 1024, theme=gr.themes.Soft(), css=CSS, js=PAGE_JS,
     )
 
 

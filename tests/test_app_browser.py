@@ -107,3 +107,15 @@ def test_evaluate_tab_shows_table_and_plots(page):
     page.locator("#eval-curve canvas, #eval-curve svg").first.wait_for()
     page.locator("#eval-classes canvas, #eval-classes svg").first.wait_for()
     _shot(page, "evaluate.png")
+
+
+def test_folder_upload_keeps_subfolder_labels(page, photo_folder, tmp_path):
+    folder = tmp_path / "my-photos"
+    for label, source in (("kitty", "cats/cat_crop.png"), ("launchpad", "space/rocket.jpg")):
+        (folder / label).mkdir(parents=True)
+        (folder / label / Path(source).name).write_bytes((photo_folder / source).read_bytes())
+    _tab(page, "Gallery", "#gallery-folder")
+    page.locator("#gallery-folder input[type=file]").set_input_files(str(folder))
+    page.locator("#upload-summary strong:has-text('2 added')").wait_for()
+    browser_text = page.locator("#gallery-browser").inner_text()
+    assert "kitty · kitty/cat_crop.png" in browser_text and "launchpad · launchpad/rocket.jpg" in browser_text
