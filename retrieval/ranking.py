@@ -35,8 +35,11 @@ class Ranking:
 
 
 def top_k(keys: np.ndarray, k: int) -> np.ndarray:
-    """Row-wise indices of the k largest keys, ties broken by lower index."""
-    keys = np.where(np.isnan(keys), -np.inf, keys)
+    """Row-wise indices of the k largest keys, ties broken by lower index.
+
+    Keys must not be NaN (descriptors are finite and normalised, so scores
+    are); checking would cost a full pass and a copy of the score matrix.
+    """
     q, n = keys.shape
     k = min(k, n)
     if k == 0:
