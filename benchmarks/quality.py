@@ -91,6 +91,18 @@ def main() -> None:
                 best = (result["map"], label, vectors)
         del maps
 
+    # Smaller inputs: faster extraction; does retrieval hold up?
+    for name, size in (("efficientnet-lite1", 224), ("efficientnet-lite1", 192), ("efficientnet-lite0", 192)):
+        backbone = REGISTRY[name].build("gem", 3.0, placement, input_size=size)
+        x = to_inputs(images, size)
+        backbone.embed(x[:64])
+        t = time.perf_counter()
+        vectors = l2_normalize(np.concatenate([backbone.embed(x[i:i + 64]) for i in range(0, len(x), 64)]))
+        extract_s = round(time.perf_counter() - t, 2)
+        record(f"{name} @{size}px gem p=3 · center", extract_s=extract_s, **evaluate(vectors, names, whiten="center"))
+        record(f"{name} @{size}px gem p=3 · center · qe", extract_s=extract_s,
+               **evaluate(vectors, names, whiten="center", rerank="qe"))
+
     _, label, vectors = best
     for metric in ("euclidean", "mahalanobis", "manhattan"):
         record(f"{label} · {metric}", **evaluate(vectors, names, metric=metric))
