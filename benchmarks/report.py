@@ -110,6 +110,14 @@ def search_section(se: dict) -> list[str]:
         lines.append(f"| {r['n']:,} | {r['ours_ms']:.2f} | {r['faiss_ms']:.2f} | {r['latency_ratio']:.2f} ({_mark(r['latency_ratio'] <= 1.2)}) "
                      f"| {r['ours_batch_qps']:.0f} | {r['faiss_batch_qps']:.0f} | {r['batch_ratio']:.2f} ({_mark(r['batch_ratio'] >= 0.95)}) "
                      f"| {r['agreement_at_10']:.2f} |")
+    unset = _load("search_openblas_unset.json")
+    if unset:
+        lines += ["", "The same run with `OPENBLAS_CORETYPE`/`OPENBLAS_L2_SIZE` unset "
+                  "(`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.search --out docs/search_openblas_unset.json`): numpy then picks its AVX-512 kernels "
+                  "while faiss's older bundled OpenBLAS misdetects this CPU and falls back to a generic one "
+                  f"(BLAS: {', '.join(unset['blas'])}), so this table flatters us and the one above is the fair one.", "",
+                  "| N | single-query ratio | batch ratio |", "| ---: | ---: | ---: |"]
+        lines += [f"| {r['n']:,} | {r['latency_ratio']:.2f} | {r['batch_ratio']:.2f} |" for r in unset["rows"]]
     fp16 = [r for r in rows if "fp16_ms" in r]
     if fp16:
         lines += ["", "float16 storage, scored with numpy: " + "; ".join(

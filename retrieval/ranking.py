@@ -25,7 +25,9 @@ from .whitening import Whitening
 QE_NEIGHBOURS = 2
 DBA_NEIGHBOURS = 2
 ALPHA = 3.0
-_CHUNK_CELLS = 1 << 25  # (queries x gallery) scores per chunk: 128 MB of float32
+_CHUNK_CELLS = 1 << 24  # (queries x gallery rows) scores per block: 64 MB of float32
+_QUERY_CHUNK = 4096
+_MIN_BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -118,43 +120,67 @@ class Ranker:
     def __len__(self) -> int:
         return len(self.metric_gallery)
 
-    def _scores(self, queries: np.ndarray, exclude: list[np.ndarray] | None) -> np.ndarray:
+    def _prepare(self, queries: np.ndarray, exclude: list[np.ndarray] | None) -> np.ndarray:
+        """Queries in the metric's space: whitened, expanded (aQE), Mahalanobis-transformed."""
         q = self.whitening.apply(queries) if self.whitening is not None else np.asarray(queries, np.float32)
         if self.rerank == "qe":
             q = alpha_query_expansion(q, self.space, exclude=exclude)
         if self.mahalanobis is not None:
             q = self.mahalanobis.apply(q, normalize=False)
-        if self._g_sq is not None:
-            return self.metric.score(q, self.metric_gallery, self._g_sq)
-        return self.metric.score(q, self.metric_gallery)
+        return q
 
-    def _keys(self, queries, exclude):
-        scores = self._scores(queries, exclude)
+    def _block_keys(self, q: np.ndarray, lo: int, hi: int, exclude: list[np.ndarray] | None):
+        """Natural scores and higher-is-better keys against gallery rows lo..hi."""
+        block = self.metric_gallery[lo:hi]
+        if self._g_sq is not None:
+            scores = self.metric.score(q, block, self._g_sq[lo:hi])
+        else:
+            scores = self.metric.score(q, block)
         keys = scores if self.metric.higher_is_better else -scores
         if exclude is not None:
             keys = np.array(keys, dtype=np.float64)
             for row, skip in enumerate(exclude):
-                keys[row, skip] = -np.inf
+                inside = skip[(skip >= lo) & (skip < hi)] - lo
+                keys[row, inside] = -np.inf
         return scores, keys
 
-    def _chunks(self, n_queries: int):
-        step = max(1, _CHUNK_CELLS // max(len(self), 1))
-        return range(0, n_queries, step), step
-
     def search(self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None = None) -> Ranking:
-        """Top-k for each query row; ``exclude[i]`` lists rows query i must not return."""
+        """Top-k for each query row; ``exclude[i]`` lists rows query i must not return.
+
+        The gallery is walked in blocks, each read once for a whole chunk of
+        queries, keeping a running top-k: memory stays bounded and a batch
+        of queries costs one pass over the gallery, not one per chunk.
+        """
         queries = np.atleast_2d(queries)
-        starts, step = self._chunks(len(queries))
+        n = len(self)
+        k = min(k, n)
         indices, scores = [], []
-        for start in starts:
-            ex = exclude[start:start + step] if exclude is not None else None
-            s, keys = self._keys(queries[start:start + step], ex)
-            idx = top_k(keys, k)
-            indices.append(idx)
-            scores.append(np.take_along_axis(s, idx, axis=1).astype(np.float32))
+        for qs in range(0, len(queries), _QUERY_CHUNK):
+            ex = exclude[qs:qs + _QUERY_CHUNK] if exclude is not None else None
+            q = self._prepare(queries[qs:qs + _QUERY_CHUNK], ex)
+            rows = max(_MIN_BLOCK, _CHUNK_CELLS // max(len(q), 1))
+            best_keys = best_idx = best_scores = None
+            for lo in range(0, n, rows):
+                s, keys = self._block_keys(q, lo, min(n, lo + rows), ex)
+                idx = top_k(keys, k)
+                cand_keys = np.take_along_axis(keys, idx, axis=1)
+                cand_scores = np.take_along_axis(s, idx, axis=1)
+                idx = idx + lo
+                if best_idx is not None:
+                    cand_keys = np.concatenate([best_keys, cand_keys], axis=1)
+                    cand_scores = np.concatenate([best_scores, cand_scores], axis=1)
+                    idx = np.concatenate([best_idx, idx], axis=1)
+                    order = np.lexsort((idx, -cand_keys), axis=1)[:, :k]  # score, then lower row, wins
+                    cand_keys = np.take_along_axis(cand_keys, order, axis=1)
+                    cand_scores = np.take_along_axis(cand_scores, order, axis=1)
+                    idx = np.take_along_axis(idx, order, axis=1)
+                best_keys, best_scores, best_idx = cand_keys, cand_scores, idx
+            indices.append(best_idx)
+            scores.append(best_scores.astype(np.float32))
         return Ranking(np.concatenate(indices), np.concatenate(scores))
 
     def full_order(self, queries: np.ndarray, exclude: list[np.ndarray] | None = None) -> np.ndarray:
         """Every gallery row, best first, per query (for evaluation)."""
-        _, keys = self._keys(np.atleast_2d(queries), exclude)
+        q = self._prepare(np.atleast_2d(queries), exclude)
+        _, keys = self._block_keys(q, 0, len(self), exclude)
         return np.argsort(-keys, axis=1, kind="stable")

@@ -60,3 +60,15 @@ def test_whitened_ranker_and_full_order(gallery):
     assert order.shape == (4, 500)
     assert sorted(order[0].tolist()) == list(range(500))
     assert order[:, 0].tolist() == [0, 1, 2, 3]
+
+
+def test_blocked_batch_search_equals_a_full_sort():
+    rng = np.random.default_rng(5)
+    gallery = l2_normalize(rng.normal(size=(20000, 8)).astype(np.float32))
+    gallery[15000] = gallery[10]  # a tie that spans two gallery blocks
+    queries = np.concatenate([gallery[10:11], l2_normalize(rng.normal(size=(2047, 8)).astype(np.float32))])
+    ranking = Ranker(gallery, "cosine").search(queries, k=5)  # 2048 queries: the gallery is walked in 3 blocks
+    expected = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(ranking.indices, expected)
+    assert ranking.indices[0, :2].tolist() == [10, 15000]
+    np.testing.assert_allclose(ranking.scores, np.take_along_axis(queries @ gallery.T, expected, axis=1), rtol=1e-6)
