@@ -97,7 +97,7 @@ def main() -> None:
             row["batch_ratio"] = row["ours_batch_qps"] / row["faiss_batch_qps"]
             rows.append({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
             print(json.dumps(rows[-1]), flush=True)
-            del gallery, ranker, index
+            gallery = ranker = index = None  # free ~10 GB before the next size
 
     blas = sorted({f"{i['internal_api']} {i.get('version')} ({i.get('architecture')})" for i in threadpool_info() if i["user_api"] == "blas"})
     result = {"command": "python -m benchmarks.search", "k": K, "dim": args.dim,
