@@ -428,8 +428,9 @@ class Studio:
         taken = intake(list(uploads), self.blob_root, self.limits)
         report = self.add_files(taken.sources, collection, cfg, progress)
         report.skipped = taken.skipped + report.skipped
-        if any(s.name in {src.name for src in taken.sources} for s in report.skipped) or report.duplicates:
-            self._remove_orphan_blobs()
+        stored = {src.name for src in taken.sources}
+        if report.duplicates or any(s.name in stored for s in report.skipped):
+            self._remove_orphan_blobs()  # blobs of refused or duplicate files
         report.limit = taken.limit_hit
         return report
 
