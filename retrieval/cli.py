@@ -42,6 +42,11 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _add_index(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", default="auto", choices=C.INDEXES,
+                   help="exact search, the approximate IVF index, or auto (IVF from 50,000 images on)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m retrieval", description="Content-based image retrieval with CNN features.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
     _add_model(p)
     _add_search(p)
+    _add_index(p)
     p.add_argument("-k", type=int, default=10)
 
     p = sub.add_parser("evaluate", help="leave-one-out mAP, P@k, R@k, nDCG over labelled images")
@@ -87,7 +93,7 @@ def _extractor(args) -> C.ExtractorConfig:
 
 
 def _search_config(args, k: int = 10) -> C.SearchConfig:
-    return C.SearchConfig(args.metric, k, args.rerank, args.whiten)
+    return C.SearchConfig(args.metric, k, args.rerank, args.whiten, getattr(args, "index", "auto"))
 
 
 def _print_json(obj) -> None:

@@ -22,6 +22,7 @@ DEFAULT_WHITEN = "center"
 METRICS = ("cosine", "euclidean", "mahalanobis", "manhattan")
 RERANKS = ("none", "qe", "dba")
 WHITENINGS = ("none", "center", "pca")  # see whitening.py
+INDEXES = ("auto", "exact", "ivf")  # "auto": the IVF index from ann.AUTO_THRESHOLD images on
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class SearchConfig:
     k: int = 10
     rerank: str = DEFAULT_RERANK  # "qe" (alpha query expansion) or "dba"
     whiten: str = DEFAULT_WHITEN  # "center" (subtract the gallery mean) or "pca" (PCA-whitening)
+    index: str = "auto"  # "exact" search, the approximate "ivf" index, or "auto" by gallery size
 
     def __post_init__(self):
         if self.metric not in METRICS:
@@ -77,5 +79,7 @@ class SearchConfig:
             raise ValueError(f"unknown re-ranking {self.rerank!r}: choose one of {', '.join(RERANKS)}")
         if self.whiten not in WHITENINGS:
             raise ValueError(f"unknown post-processing {self.whiten!r}: choose one of {', '.join(WHITENINGS)}")
+        if self.index not in INDEXES:
+            raise ValueError(f"unknown index {self.index!r}: choose one of {', '.join(INDEXES)}")
         if self.k < 1:
             raise ValueError("k must be at least 1")

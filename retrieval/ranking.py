@@ -97,7 +97,10 @@ class Ranker:
 
     def __init__(self, gallery: np.ndarray, metric: str = "cosine", rerank: str = "none",
                  whitening: Whitening | None = None, mahalanobis: Whitening | None = None,
-                 dba_gallery: np.ndarray | None = None):
+                 dba_gallery: np.ndarray | None = None, ann=None, ids: np.ndarray | None = None):
+        """``ann`` (an ``ann.AnnIndex`` keyed by ``ids``, one per gallery row, sorted)
+        proposes candidates that are then scored exactly; without it, search is exact."""
+        self.ann, self.ids = ann, ids
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)}")
         self.metric = METRICS[metric]
@@ -154,6 +157,8 @@ class Ranker:
         queries = np.atleast_2d(queries)
         n = len(self)
         k = min(k, n)
+        if self.ann is not None:
+            return self._search_candidates(queries, k, exclude)
         indices, scores = [], []
         for qs in range(0, len(queries), _QUERY_CHUNK):
             ex = exclude[qs:qs + _QUERY_CHUNK] if exclude is not None else None
@@ -178,6 +183,30 @@ class Ranker:
             indices.append(best_idx)
             scores.append(best_scores.astype(np.float32))
         return Ranking(np.concatenate(indices), np.concatenate(scores))
+
+    def _search_candidates(self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None) -> Ranking:
+        """Approximate: the index proposes rows from the raw descriptors, the full
+        pipeline (post-processing, aQE among the candidates, metric) scores them."""
+        from .ann import CANDIDATES_PER_RESULT
+
+        proposed = self.ann.search(queries, max(200, k * CANDIDATES_PER_RESULT))
+        indices = np.zeros((len(queries), k), np.int64)
+        scores = np.zeros((len(queries), k), np.float32)
+        for i, found in enumerate(proposed):
+            rows = np.searchsorted(self.ids, found[found >= 0])
+            if exclude is not None:
+                rows = rows[~np.isin(rows, exclude[i])]
+            q = self.whitening.apply(queries[i:i + 1]) if self.whitening is not None else queries[i:i + 1].astype(np.float32)
+            if self.rerank == "qe":
+                q = alpha_query_expansion(q, self.space[rows])
+            if self.mahalanobis is not None:
+                q = self.mahalanobis.apply(q, normalize=False)
+            block = self.metric_gallery[rows]
+            s = self.metric.score(q, block, self._g_sq[rows]) if self._g_sq is not None else self.metric.score(q, block)
+            keys = s if self.metric.higher_is_better else -s
+            order = np.lexsort((rows, -keys[0]))[:k]
+            indices[i, : len(order)], scores[i, : len(order)] = rows[order], s[0, order]
+        return Ranking(indices, scores)
 
     def full_order(self, queries: np.ndarray, exclude: list[np.ndarray] | None = None) -> np.ndarray:
         """Every gallery row, best first, per query (for evaluation)."""

@@ -112,6 +112,7 @@ class Studio:
         self.limits = limits
         self._backbones: dict[tuple, Backbone] = {}
         self._rankers: OrderedDict[tuple, Ranker] = OrderedDict()
+        self._anns: dict[tuple[int, int], object] = {}
         self._lock = threading.RLock()
         self._placements: dict[str, object] = {}
 
@@ -306,7 +307,10 @@ class Studio:
     def ranker(self, collection: str, cfg: ExtractorConfig, scfg: SearchConfig) -> tuple[Ranker, Gallery]:
         """A prepared ranker, reused until the collection changes."""
         cid, config_id, gallery = self.gallery(collection, cfg)
-        key = (cid, config_id, gallery.generation, scfg.metric, scfg.rerank, scfg.whiten)
+        from .ann import AUTO_THRESHOLD
+
+        use_ann = scfg.index == "ivf" or (scfg.index == "auto" and len(gallery.members) >= AUTO_THRESHOLD)
+        key = (cid, config_id, gallery.generation, scfg.metric, scfg.rerank, scfg.whiten, use_ann)
         with self._lock:
             cached = self._rankers.get(key)
             if cached is not None:
@@ -323,12 +327,36 @@ class Studio:
             kind = f"mahalanobis+{scfg.whiten}"
             mahalanobis = self._transform(cid, config_id, kind, gallery.generation, lambda: fit_whitening(space))
         dba = database_augmentation(space) if scfg.rerank == "dba" else None
-        ranker = Ranker(vectors, scfg.metric, scfg.rerank, whitening, mahalanobis, dba)
+        ann, ids = (self._ann_index(cid, config_id, gallery), gallery.ids) if use_ann else (None, None)
+        ranker = Ranker(vectors, scfg.metric, scfg.rerank, whitening, mahalanobis, dba, ann, ids)
         with self._lock:
             self._rankers[key] = ranker
             while len(self._rankers) > 8:
                 self._rankers.popitem(last=False)
         return ranker, gallery
+
+    def ann_path(self, cid: int, config_id: int) -> Path:
+        """The approximate index lives beside the database, one file per gallery and configuration."""
+        return self.store.path.parent / f"{self.store.path.stem}.ann" / f"{cid}-{config_id}.faiss"
+
+    def _ann_index(self, cid: int, config_id: int, gallery: Gallery):
+        """Load or build the IVF index, bring it up to date with the gallery, save if changed."""
+        from .ann import AnnIndex
+
+        path = self.ann_path(cid, config_id)
+        with self._lock:
+            ann = self._anns.get((cid, config_id))
+            if ann is None and path.exists():
+                ann = AnnIndex.load(path)
+            if ann is None:
+                ann = AnnIndex.build(gallery.ids, gallery.vectors)
+                changed = True
+            else:
+                changed = any(ann.sync(gallery.ids, gallery.vectors))
+            if changed:
+                ann.save(path)
+            self._anns[(cid, config_id)] = ann
+            return ann
 
     def embed_query(self, image, cfg: ExtractorConfig, device: str | None = None) -> tuple[np.ndarray, dict[str, float], str]:
         """A path, bytes, a PIL image or an RGB array -> its L2-normalised vector."""
@@ -482,7 +510,12 @@ class Studio:
         return self.store.collections()
 
     def drop_collection(self, name: str) -> bool:
+        cid = self.store.collection_id(name)
         dropped = self.store.drop_collection(name)
         if dropped:
             self._remove_orphan_blobs()
+            for key in [k for k in self._anns if k[0] == cid]:
+                del self._anns[key]
+            for path in self.ann_path(cid, 0).parent.glob(f"{cid}-*.faiss"):
+                path.unlink(missing_ok=True)
         return dropped

@@ -84,6 +84,11 @@ class Gallery:
     def labels(self) -> list[str | None]:
         return [m.label for m in self.members]
 
+    @property
+    def ids(self) -> np.ndarray:
+        """Image ids, one per row, ascending (rows are ordered by image id)."""
+        return np.fromiter((m.image_id for m in self.members), dtype=np.int64, count=len(self.members))
+
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

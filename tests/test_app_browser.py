@@ -52,6 +52,19 @@ def _shot(page, name: str) -> None:
         page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
+def _upload(page, component: str, path) -> None:
+    """Choose a file the way a person does: click the drop zone, answer the file chooser.
+
+    (Setting files on the hidden input directly raced with Gradio mounting the
+    tab's components and occasionally went nowhere.)
+    """
+    target = page.locator(component).get_by_text("Click to Upload").first
+    target.wait_for(state="visible")
+    with page.expect_file_chooser() as chooser:
+        target.click()
+    chooser.value.set_files(str(path))
+
+
 def _tab(page, name: str, ready: str) -> None:
     """Open a tab and wait until its component is on screen, as a user would."""
     page.get_by_role("tab", name=name).click()
@@ -60,7 +73,7 @@ def _tab(page, name: str, ready: str) -> None:
 
 def test_upload_a_query_and_see_results(page):
     page.locator("#query-image").wait_for(state="visible")
-    page.locator("#query-image input[type=file]").set_input_files(str(DEMO / "coffee" / "coffee_crop.jpg"))
+    _upload(page, "#query-image", DEMO / "coffee" / "coffee_crop.jpg")
     page.locator("#query-image img").first.wait_for()
     page.locator("#search-button").click()
     page.locator("#search-timings:has-text('embed')").wait_for()
@@ -74,7 +87,7 @@ def test_upload_a_query_and_see_results(page):
 
 def test_upload_a_gallery_zip(page, gallery_zip):
     _tab(page, "Gallery", "#gallery-upload")
-    page.locator("#gallery-upload input[type=file]").set_input_files(str(gallery_zip))
+    _upload(page, "#gallery-upload", gallery_zip)
     page.locator("#gallery-upload:has-text('upload.zip')").wait_for()
     page.locator("#add-button").click()
     summary = page.locator("#upload-summary")
@@ -87,7 +100,7 @@ def test_upload_a_gallery_zip(page, gallery_zip):
 
 def test_compare_mode(page):
     _tab(page, "Compare", "#compare-query")
-    page.locator("#compare-query input[type=file]").set_input_files(str(DEMO / "cat" / "chelsea_faded.jpg"))
+    _upload(page, "#compare-query", DEMO / "cat" / "chelsea_faded.jpg")
     page.locator("#compare-query img").first.wait_for()
     page.locator("#compare-button").click()
     page.locator("#compare-agreement:has-text('overlap@8')").wait_for()
@@ -115,7 +128,7 @@ def test_folder_upload_keeps_subfolder_labels(page, photo_folder, tmp_path):
         (folder / label).mkdir(parents=True)
         (folder / label / Path(source).name).write_bytes((photo_folder / source).read_bytes())
     _tab(page, "Gallery", "#gallery-folder")
-    page.locator("#gallery-folder input[type=file]").set_input_files(str(folder))
+    _upload(page, "#gallery-folder", folder)
     page.locator("#upload-summary strong:has-text('2 added')").wait_for()
     browser_text = page.locator("#gallery-browser").inner_text()
     assert "kitty · kitty/cat_crop.png" in browser_text and "launchpad · launchpad/rocket.jpg" in browser_text
