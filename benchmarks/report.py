@@ -127,6 +127,49 @@ def search_section(se: dict) -> list[str]:
     return lines + [""]
 
 
+def ann_section(an: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for r in an["results"]:
+        xs = [p["speedup"] for p in r["points"]]
+        ys = [p["recall_at_10"] for p in r["points"]]
+        ax.plot(xs, ys, "o-", label=f"N = {r['n']:,}")
+        for p in r["points"]:
+            ax.annotate(f"nprobe {p['nprobe']}", (p["speedup"], p["recall_at_10"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, -9))
+    ax.axhline(0.95, color="grey", ls=":", lw=1)
+    ax.axvline(20, color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up per query over exact search")
+    ax.set_ylabel("recall@10 against exact")
+    ax.set_title("IVF index: recall against speed")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(DOCS / "ann_recall_speed.png", dpi=110)
+    plt.close(fig)
+    lines = ["### Approximate index", "",
+             f"`{an['command']}` — clustered synthetic vectors (d={an['dim']}, {an['per_cluster']} per cluster, "
+             f"low-rank as CNN descriptors are), {an['queries']} queries, recall@{an['k']} against exact search on the "
+             "same queries; latency is the whole approximate path (IVF candidates, then exact re-scoring).", "",
+             "![recall against speed](ann_recall_speed.png)", "",
+             "| N | lists | build s | exact ms | nprobe | ms | speed-up | recall@10 |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in an["results"]:
+        for p in r["points"]:
+            lines.append(f"| {r['n']:,} | {r['nlist']} | {r['build_s']} | {r['exact_ms']} | {p['nprobe']} | {p['ms']} | "
+                         f"{p['speedup']}× | {p['recall_at_10']} |")
+    big = [r for r in an["results"] if r["n"] >= 1_000_000]
+    if big:
+        ok = [p for p in big[0]["points"] if p["recall_at_10"] >= 0.95 and p["speedup"] >= 20]
+        lines += ["", f"Target at 1M (recall@10 ≥ 0.95 and ≥ 20× faster than exact): {_mark(bool(ok))}"
+                  + (f" at nprobe {ok[0]['nprobe']}." if ok else ".")]
+    return lines + [""]
+
+
 def store_section(st: dict) -> list[str]:
     return [
         "## 3. Store",
@@ -167,7 +210,7 @@ def main() -> None:
            "Regenerate the page with `python -m benchmarks.report` after re-running any benchmark "
            "(`pip install -r benchmarks/requirements.txt` first).", ""]
     for name, section in (("indexing.json", throughput_section), ("search.json", search_section),
-                          ("store.json", store_section), ("startup.json", startup_section)):
+                          ("ann.json", ann_section), ("store.json", store_section), ("startup.json", startup_section)):
         data = _load(name)
         if data:
             out += section(data)
