@@ -182,6 +182,8 @@ def store_section(st: dict) -> list[str]:
         f"| load into the search matrix, fresh connection (median of {st['repeats']}) | {st['load_cold_s_median']} s | < 1 s: {_mark(st['load_cold_s_median'] < 1)} |",
         f"| load again (in-memory cache, generation check) | {st['load_warm_ms']} ms | |",
         f"| database bytes per image | {st['db_bytes_per_image']:,} | |",
+        *([f"| resident memory of a process with the gallery loaded and searched | {st['rss_mb_loaded']:,} MB | ≤ 1.5 GB: "
+           f"{_mark(st['rss_mb_loaded'] <= 1536)} |"] if "rss_mb_loaded" in st else []),
         "",
     ]
 

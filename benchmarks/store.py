@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,10 +59,18 @@ def main() -> None:
             store.gallery(cid, config_id)
             warm = time.perf_counter() - t
     size = sum(p.stat().st_size for p in path.parent.glob("s.sqlite*"))
+    # Resident memory of a fresh process with the gallery loaded and searched,
+    # as the app holds it (VmRSS after the load; TensorFlow not loaded).
+    probe = ("import re; from retrieval.store import Store; from retrieval.ranking import Ranker; "
+             f"s = Store({str(path)!r}); g = s.gallery({cid}, {config_id}); r = Ranker(g.vectors); "
+             "r.search(g.vectors[:1], 10); "
+             "print(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+    rss_mb = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).resolve().parents[1]).stdout) / 1024
     result = {"command": f"python -m benchmarks.store --n {args.n} --repeats {args.repeats}", "n": args.n, "dim": args.dim,
               "insert_s": round(insert_s, 2), "insert_per_s": round(args.n / insert_s),
               "load_cold_s_median": round(statistics.median(cold), 3), "load_warm_ms": round(1000 * warm, 3),
-              "db_bytes_per_image": round(size / args.n), "repeats": args.repeats}
+              "db_bytes_per_image": round(size / args.n), "rss_mb_loaded": round(rss_mb), "repeats": args.repeats}
     print(json.dumps(result, indent=2))
     Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -104,9 +104,6 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            # Reading vectors through a memory map skips a read() and a copy
-            # per page: loading 100k x 1280 goes from ~1.3 s to ~0.55 s.
-            self.db.execute("PRAGMA mmap_size=4294967296")
             self._lock = threading.RLock()
             self._create_schema()
         except sqlite3.DatabaseError as exc:
@@ -382,18 +379,25 @@ class Store:
             dim_row = self.db.execute("SELECT dim FROM configs WHERE id = ?", [config_id]).fetchone()
             dim = dim_row[0] if dim_row else 0
             # Each BLOB is copied straight into its row of one preallocated
-            # matrix: no per-row arrays, no intermediate joined buffer.
+            # matrix: no per-row arrays, no intermediate joined buffer. The
+            # file is memory-mapped for the scan only (it skips a read() and a
+            # copy per page: 100k x 1280 in ~0.6 s instead of ~1.3 s) and
+            # unmapped after, so its pages do not stay in the resident set.
             vectors = np.empty((len(rows), dim), np.float32)
             flat = memoryview(vectors).cast("B")
             row_bytes = dim * 4
             found: list[int] = []
-            for image_id, blob in self.db.execute(
-                    """SELECT image_id, vector FROM embeddings WHERE config_id = ? AND image_id IN
-                       (SELECT image_id FROM members WHERE collection_id = ?) ORDER BY image_id""",
-                    [config_id, collection_id]):
-                offset = len(found) * row_bytes
-                flat[offset:offset + row_bytes] = blob
-                found.append(image_id)
+            self.db.execute("PRAGMA mmap_size=17179869184")
+            try:
+                for image_id, blob in self.db.execute(
+                        """SELECT image_id, vector FROM embeddings WHERE config_id = ? AND image_id IN
+                           (SELECT image_id FROM members WHERE collection_id = ?) ORDER BY image_id""",
+                        [config_id, collection_id]):
+                    offset = len(found) * row_bytes
+                    flat[offset:offset + row_bytes] = blob
+                    found.append(image_id)
+            finally:
+                self.db.execute("PRAGMA mmap_size=0")
             if len(found) == len(rows):
                 members = [Member(*r) for r in rows]
             else:  # some members lack this configuration's vector: keep those that have one
