@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import numpy as np
 from retrieval.ann import AnnIndex
 from retrieval.pooling import l2_normalize
 from retrieval.ranking import Ranker
+
+from .search import median_latency_ms
 
 K = 10
 
@@ -45,16 +46,6 @@ def clustered(n: int, dim: int, clusters: int, noise: float, rng, latent: int = 
         z = centres[rng.integers(0, clusters, m)] + noise * rng.standard_normal((m, latent), dtype=np.float32)
         out[s:s + m] = l2_normalize(z @ basis + 0.05 * rng.standard_normal((m, dim), dtype=np.float32))
     return out
-
-
-def latency_ms(fn, queries) -> float:
-    fn(queries[:1])
-    times = []
-    for q in queries:
-        t = time.perf_counter()
-        fn(q[None])
-        times.append(1000 * (time.perf_counter() - t))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -80,14 +71,14 @@ def main() -> None:
         build_s = time.perf_counter() - t
         exact = Ranker(gallery, "cosine")
         truth = exact.search(queries, K).indices
-        exact_ms = latency_ms(lambda q: exact.search(q, K), queries)
+        exact_ms = median_latency_ms(lambda q: exact.search(q, K), queries)
         approx = Ranker(gallery, "cosine", ann=ann, ids=ids)
         points = []
         for nprobe in map(int, args.nprobes.split(",")):
             ann.nprobe = nprobe
             found = approx.search(queries, K).indices
             recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)]))
-            ms = latency_ms(lambda q: approx.search(q, K), queries)
+            ms = median_latency_ms(lambda q: approx.search(q, K), queries)
             points.append({"nprobe": nprobe, "recall_at_10": round(recall, 4), "ms": round(ms, 3),
                            "speedup": round(exact_ms / ms, 1)})
             print(json.dumps({"n": n, **points[-1]}), flush=True)

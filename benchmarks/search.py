@@ -31,7 +31,7 @@ from retrieval.ranking import Ranker
 K = 10
 
 
-def _median_latency_ms(fn, queries: np.ndarray) -> float:
+def median_latency_ms(fn, queries: np.ndarray) -> float:
     fn(queries[:1])
     times = []
     for q in queries:
@@ -81,8 +81,8 @@ def main() -> None:
             theirs = lambda q: index.search(q, K)  # noqa: E731
             a, b = ours(queries[:20]).indices, theirs(queries[:20])[1]
             agree = float(np.mean([len(set(x) & set(y)) / K for x, y in zip(a, b)]))
-            row = {"n": n, "ours_ms": _median_latency_ms(ours, queries[: args.repeats]),
-                   "faiss_ms": _median_latency_ms(theirs, queries[: args.repeats]),
+            row = {"n": n, "ours_ms": median_latency_ms(ours, queries[: args.repeats]),
+                   "faiss_ms": median_latency_ms(theirs, queries[: args.repeats]),
                    "ours_batch_qps": _batch_qps(ours, queries[: args.batch]),
                    "faiss_batch_qps": _batch_qps(theirs, queries[: args.batch]), "agreement_at_10": agree}
             if n <= 100_000:
