@@ -86,6 +86,11 @@ def _prepare_environment(settings: AppSettings) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["GRADIO_TEMP_DIR"] = str(settings.data_dir / "gradio-uploads")
+    # Converted weights and Keras' own files also stay in the data folder
+    # unless the user pointed them elsewhere.
+    os.environ.setdefault("RETRIEVAL_CACHE_DIR", str(settings.data_dir / "cache"))
+    os.environ.setdefault("KERAS_HOME", str(settings.data_dir / "keras"))
+    os.environ.setdefault("MPLCONFIGDIR", str(settings.data_dir / "matplotlib"))  # if Gradio pulls matplotlib in
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
 
