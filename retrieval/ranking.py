@@ -123,23 +123,31 @@ class Ranker:
     def __len__(self) -> int:
         return len(self.metric_gallery)
 
-    def _prepare(self, queries: np.ndarray, exclude: list[np.ndarray] | None) -> np.ndarray:
-        """Queries in the metric's space: whitened, expanded (aQE), Mahalanobis-transformed."""
+    def _prepare(self, queries: np.ndarray, exclude: list[np.ndarray] | None,
+                 neighbours: np.ndarray | None = None) -> np.ndarray:
+        """Queries in the metric's space: whitened, expanded (aQE), Mahalanobis-transformed.
+
+        aQE looks for neighbours in ``neighbours`` (default: the whole gallery).
+        """
         q = self.whitening.apply(queries) if self.whitening is not None else np.asarray(queries, np.float32)
         if self.rerank == "qe":
-            q = alpha_query_expansion(q, self.space, exclude=exclude)
+            q = alpha_query_expansion(q, self.space if neighbours is None else neighbours, exclude=exclude)
         if self.mahalanobis is not None:
             q = self.mahalanobis.apply(q, normalize=False)
         return q
 
-    def _block_keys(self, q: np.ndarray, lo: int, hi: int, exclude: list[np.ndarray] | None):
-        """Natural scores and higher-is-better keys against gallery rows lo..hi."""
-        block = self.metric_gallery[lo:hi]
+    def _score(self, q: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
+        """Natural scores and higher-is-better keys against the selected gallery rows."""
+        block = self.metric_gallery[rows]
         if self._g_sq is not None:
-            scores = self.metric.score(q, block, self._g_sq[lo:hi])
+            scores = self.metric.score(q, block, self._g_sq[rows])
         else:
             scores = self.metric.score(q, block)
-        keys = scores if self.metric.higher_is_better else -scores
+        return scores, (scores if self.metric.higher_is_better else -scores)
+
+    def _block_keys(self, q: np.ndarray, lo: int, hi: int, exclude: list[np.ndarray] | None):
+        """``_score`` on rows lo..hi, with each query's excluded rows pushed to the end."""
+        scores, keys = self._score(q, slice(lo, hi))
         if exclude is not None:
             keys = np.array(keys, dtype=np.float64)
             for row, skip in enumerate(exclude):
@@ -196,14 +204,8 @@ class Ranker:
             rows = np.searchsorted(self.ids, found[found >= 0])
             if exclude is not None:
                 rows = rows[~np.isin(rows, exclude[i])]
-            q = self.whitening.apply(queries[i:i + 1]) if self.whitening is not None else queries[i:i + 1].astype(np.float32)
-            if self.rerank == "qe":
-                q = alpha_query_expansion(q, self.space[rows])
-            if self.mahalanobis is not None:
-                q = self.mahalanobis.apply(q, normalize=False)
-            block = self.metric_gallery[rows]
-            s = self.metric.score(q, block, self._g_sq[rows]) if self._g_sq is not None else self.metric.score(q, block)
-            keys = s if self.metric.higher_is_better else -s
+            q = self._prepare(queries[i:i + 1], None, neighbours=self.space[rows])
+            s, keys = self._score(q, rows)
             order = np.lexsort((rows, -keys[0]))[:k]
             indices[i, : len(order)], scores[i, : len(order)] = rows[order], s[0, order]
         return Ranking(indices, scores)

@@ -113,6 +113,7 @@ class Studio:
         self._backbones: dict[tuple, Backbone] = {}
         self._rankers: OrderedDict[tuple, Ranker] = OrderedDict()
         self._anns: dict[tuple[int, int], object] = {}
+        self._touched: dict[str, float] = {}
         self._lock = threading.RLock()
         self._placements: dict[str, object] = {}
 
@@ -472,9 +473,15 @@ class Studio:
         return target
 
     def touch(self, collection: str) -> None:
+        """Mark a collection as in use; writes at most once a minute per collection,
+        so a stream of searches does not become a stream of write transactions."""
+        now = time.monotonic()
+        if now - self._touched.get(collection, -1e9) < 60:
+            return
         cid = self.store.collection_id(collection)
         if cid is not None:
             self.store.touch(cid)
+            self._touched[collection] = now
 
     def cleanup(self, prefix: str, max_idle_s: float) -> list[str]:
         """Drop collections named ``prefix...`` idle for longer than ``max_idle_s``.
