@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list backbones, their dimension, and whether they work offline")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("index", help="add a folder of images (recursively) to a collection")
-    p.add_argument("folder")
+    p = sub.add_parser("index", help="add folders (recursively), image files or zip archives to a collection")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="a folder (labels from first-level subfolders), an image, or a zip (labels from its folders)")
     _add_db(p)
     _add_model(p)
     p.add_argument("--batch-size", type=int, default=32)
@@ -125,9 +126,12 @@ def cmd_models(args) -> int:
 
 
 def cmd_index(args) -> int:
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"not a folder: {folder}")
+    paths = [Path(p) for p in args.paths]
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    folders = [p for p in paths if p.is_dir()]
+    files = [p for p in paths if not p.is_dir()]
     studio = _studio(args, must_exist=False)
     bar = None
 
@@ -142,7 +146,14 @@ def cmd_index(args) -> int:
         bar.n = done
         bar.set_postfix_str(message, refresh=True)
 
-    report = studio.index(folder, args.collection, _extractor(args), args.labels, progress)
+    cfg = _extractor(args)
+    report = None
+    for folder in folders:
+        part = studio.index(folder, args.collection, cfg, args.labels, progress)
+        report = part if report is None else report.merge(part)
+    if files:  # copied into the data folder by content hash, like the app's uploads
+        part = studio.upload([(p, p.name, None) for p in files], args.collection, cfg, progress)
+        report = part if report is None else report.merge(part)
     if bar is not None:
         bar.close()
     if args.json:

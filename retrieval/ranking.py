@@ -210,8 +210,11 @@ class Ranker:
             indices[i, : len(order)], scores[i, : len(order)] = rows[order], s[0, order]
         return Ranking(indices, scores)
 
+    def keys(self, queries: np.ndarray, exclude: list[np.ndarray] | None = None) -> np.ndarray:
+        """Higher-is-better keys against every gallery row (for evaluation)."""
+        q = self._prepare(np.atleast_2d(queries), exclude)
+        return self._block_keys(q, 0, len(self), exclude)[1]
+
     def full_order(self, queries: np.ndarray, exclude: list[np.ndarray] | None = None) -> np.ndarray:
         """Every gallery row, best first, per query (for evaluation)."""
-        q = self._prepare(np.atleast_2d(queries), exclude)
-        _, keys = self._block_keys(q, 0, len(self), exclude)
-        return np.argsort(-keys, axis=1, kind="stable")
+        return np.argsort(-self.keys(queries, exclude), axis=1, kind="stable")

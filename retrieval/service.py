@@ -55,6 +55,19 @@ class IndexReport:
     def images_per_second(self) -> float:
         return self.computed / self.seconds if self.seconds else 0.0
 
+    def merge(self, other: "IndexReport") -> "IndexReport":
+        """One report for a command that took a folder and some files or zips."""
+        self.added += other.added
+        self.duplicates += other.duplicates
+        self.skipped += other.skipped
+        self.unchanged += other.unchanged
+        self.computed += other.computed
+        self.reused += other.reused
+        self.seconds += other.seconds
+        self.device = self.device or other.device
+        self.limit = self.limit or other.limit
+        return self
+
     def to_json(self) -> dict:
         out = asdict(self)
         out["duplicates"] = [{"name": n, "duplicate_of": d} for n, d in self.duplicates]

@@ -75,6 +75,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+APP: dict = {}  # the running app's pid and data folder, for tests that inspect the server process
+
+
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory):
     """The real app in a subprocess, on a free port, with its own data folder."""
@@ -102,6 +105,7 @@ def app_url(tmp_path_factory):
             proc.kill()
             raise RuntimeError(f"app did not start: {(data / 'app.log').read_text()[-3000:]}")
         time.sleep(0.5)
+    APP.update(pid=proc.pid, data=data)
     yield url
     proc.terminate()
     try:

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from retrieval.evaluation import (agreement, average_precision, exact_duplicate_groups, kendall_tau_top_k,
-                                  leave_one_out, ndcg_at_k, precision_at_k, recall_at_k, spearman_full)
+                                  leave_one_out, ndcg_at_k, precision_at_k, query_gallery, recall_at_k,
+                                  spearman_full)
 
 LABELS = ["a", "a", "b", "a", "b"]
 ORDERS = {0: [0, 2, 1, 4, 3], 1: [1, 0, 3, 2, 4], 2: [2, 4, 0, 1, 3], 3: [3, 2, 4, 0, 1], 4: [4, 0, 1, 3, 2]}
@@ -66,3 +67,32 @@ def test_agreement_by_hand():
     assert result.overlap_at_k == 1.0
     same = agreement(a[None], a[None], k=3)
     assert (same.overlap_at_k, same.kendall_tau, same.spearman_rho) == (1.0, 1.0, 1.0)
+
+
+def test_query_gallery_matches_full_sort_measures():
+    """The sort-free AP and the top-k measures agree with scoring a full argsort."""
+    rng = np.random.default_rng(3)
+    gallery_labels = list(rng.choice(["a", "b", "c"], 300))
+    query_labels = list(rng.choice(["a", "b", "c", "z"], 40))  # "z" has nothing to find: skipped
+    keys = rng.normal(size=(40, 300)).astype(np.float32)
+    report = query_gallery(query_labels, gallery_labels, lambda rows: keys[rows], chunk=7)
+    expected_ap, expected_p10, expected_r5 = [], [], []
+    for i, label in enumerate(query_labels):
+        if label == "z":
+            continue
+        hits = np.array(gallery_labels)[np.argsort(-keys[i])] == label
+        expected_ap.append(average_precision(hits, hits.sum()))
+        expected_p10.append(precision_at_k(hits, 10))
+        expected_r5.append(recall_at_k(hits, 5, hits.sum()))
+    assert report.queries == len(expected_ap) < 40
+    assert report.map == pytest.approx(np.mean(expected_ap), abs=1e-9)
+    assert report.p_at[10] == pytest.approx(np.mean(expected_p10))
+    assert report.r_at[5] == pytest.approx(np.mean(expected_r5))
+
+
+def test_query_gallery_perfect_ranking_scores_one():
+    gallery_labels = ["a"] * 5 + ["b"] * 5
+    keys = np.array([[1.0] * 5 + [0.0] * 5, [0.0] * 5 + [1.0] * 5]) + np.linspace(0, 0.01, 10)
+    report = query_gallery(["a", "b"], gallery_labels, lambda rows: keys[rows])
+    assert report.map == pytest.approx(1.0)
+    assert report.p_at[5] == pytest.approx(1.0)
