@@ -54,7 +54,7 @@ def test_reindex_json_computes_nothing(db, photo_folder):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["index", "/no/such/folder", "--db", "{db}"], "not a folder"),
+    (["index", "/no/such/folder", "--db", "{db}"], "no such file or folder"),
     (["search", "{photo}", "--db", "{db}", "--model", "nope"], "unknown model 'nope'"),
     (["evaluate", "--db", "{junk}"], "cannot open database"),
     (["evaluate", "--db", "{missing}"], "no database at"),
