@@ -113,7 +113,19 @@ class Store:
         self._galleries: dict[tuple[int, int], Gallery] = {}
 
     def close(self) -> None:
-        self.db.close()
+        with self._lock:
+            self.db.close()
+
+    def _read(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        """Every statement runs under the store's lock, reads included.
+
+        The app serves several requests at once on one connection; without
+        the lock a read could see another thread's uncommitted transaction
+        (same connection, no isolation), or cache a half-written gallery.
+        Reads are milliseconds, so serialising them costs nothing visible.
+        """
+        with self._lock:
+            return self.db.execute(sql, list(params)).fetchall()
 
     def __enter__(self):
         return self
@@ -174,8 +186,8 @@ class Store:
                 ).last_pk
 
     def find_config(self, cfg: ExtractorConfig) -> int | None:
-        row = self.db.execute("SELECT id FROM configs WHERE key = ?", [cfg.key]).fetchone()
-        return row[0] if row else None
+        rows = self._read("SELECT id FROM configs WHERE key = ?", [cfg.key])
+        return rows[0][0] if rows else None
 
     # -- collections ----------------------------------------------------
     def collection_id(self, name: str, create: bool = False) -> int | None:
@@ -196,7 +208,7 @@ class Store:
 
     def idle_collections(self, prefix: str, older_than: str) -> list[str]:
         """Names starting with ``prefix`` untouched since ``older_than`` (ISO time)."""
-        return [r[0] for r in self.db.execute(
+        return [r[0] for r in self._read(
             "SELECT name FROM collections WHERE name LIKE ? ESCAPE '\\' AND COALESCE(touched, created) < ?",
             [prefix.replace("%", "\\%").replace("_", "\\_") + "%", older_than])]
 
@@ -215,19 +227,18 @@ class Store:
             return dst
 
     def generation(self, collection_id: int) -> int:
-        row = self.db.execute("SELECT generation FROM collections WHERE id = ?", [collection_id]).fetchone()
-        return row[0] if row else -1
+        rows = self._read("SELECT generation FROM collections WHERE id = ?", [collection_id])
+        return rows[0][0] if rows else -1
 
     def _bump(self, collection_ids: Iterable[int]) -> None:
         for cid in set(collection_ids):
             self.db.execute("UPDATE collections SET generation = generation + 1 WHERE id = ?", [cid])
 
     def collections(self) -> list[CollectionInfo]:
-        rows = self.db.execute(
+        rows = self._read(
             """SELECT c.name, COUNT(m.image_id), COUNT(m.label), COUNT(DISTINCT m.label), c.generation
                FROM collections c LEFT JOIN members m ON m.collection_id = c.id
-               GROUP BY c.id ORDER BY c.name"""
-        ).fetchall()
+               GROUP BY c.id ORDER BY c.name""")
         return [CollectionInfo(*row) for row in rows]
 
     def drop_collection(self, name: str) -> bool:
@@ -247,21 +258,21 @@ class Store:
     # -- images and membership -------------------------------------------
     def known_images(self) -> dict[str, int]:
         """sha256 -> image id for every stored image."""
-        return dict(self.db.execute("SELECT sha256, id FROM images").fetchall())
+        return dict(self._read("SELECT sha256, id FROM images"))
 
     def member_hashes(self, collection_id: int) -> dict[str, str]:
         """sha256 -> member name for a collection."""
-        return dict(self.db.execute(
+        return dict(self._read(
             "SELECT i.sha256, m.name FROM members m JOIN images i ON i.id = m.image_id WHERE m.collection_id = ?",
-            [collection_id]).fetchall())
+            [collection_id]))
 
     def embedded_hashes(self, config_id: int) -> set[str]:
-        return {r[0] for r in self.db.execute(
+        return {r[0] for r in self._read(
             "SELECT i.sha256 FROM embeddings e JOIN images i ON i.id = e.image_id WHERE e.config_id = ?", [config_id])}
 
     def image(self, sha256: str) -> dict | None:
-        row = self.db.execute("SELECT id, sha256, name, width, height, bytes, added FROM images WHERE sha256 = ?", [sha256]).fetchone()
-        return dict(zip(("id", "sha256", "name", "width", "height", "bytes", "added"), row)) if row else None
+        rows = self._read("SELECT id, sha256, name, width, height, bytes, added FROM images WHERE sha256 = ?", [sha256])
+        return dict(zip(("id", "sha256", "name", "width", "height", "bytes", "added"), rows[0])) if rows else None
 
     def write_batch(self, collection_id: int, config_id: int | None, batch: list[NewMember]) -> None:
         """One transaction: the batch lands whole or not at all.
@@ -306,19 +317,19 @@ class Store:
             self._bump(cids)
 
     def members(self, collection_id: int) -> list[Member]:
-        rows = self.db.execute(
+        rows = self._read(
             """SELECT i.id, i.sha256, m.name, m.path, m.label, i.width, i.height
                FROM members m JOIN images i ON i.id = m.image_id
-               WHERE m.collection_id = ? ORDER BY m.rowid""", [collection_id]).fetchall()
+               WHERE m.collection_id = ? ORDER BY m.rowid""", [collection_id])
         return [Member(*row) for row in rows]
 
     def missing_embeddings(self, collection_id: int, config_id: int) -> list[Member]:
-        rows = self.db.execute(
+        rows = self._read(
             """SELECT i.id, i.sha256, m.name, m.path, m.label, i.width, i.height
                FROM members m JOIN images i ON i.id = m.image_id
                LEFT JOIN embeddings e ON e.image_id = m.image_id AND e.config_id = ?
                WHERE m.collection_id = ? AND e.image_id IS NULL ORDER BY m.rowid""",
-            [config_id, collection_id]).fetchall()
+            [config_id, collection_id])
         return [Member(*row) for row in rows]
 
     def remove(self, path_or_hash: str, collection_id: int | None = None) -> list[str]:
@@ -351,10 +362,10 @@ class Store:
                 self.db.execute("DELETE FROM images WHERE id = ?", [iid])
 
     def member_paths(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT DISTINCT path FROM members WHERE path IS NOT NULL")}
+        return {r[0] for r in self._read("SELECT DISTINCT path FROM members WHERE path IS NOT NULL")}
 
     def has_image(self, sha256: str) -> bool:
-        return self.db.execute("SELECT 1 FROM images WHERE sha256 = ?", [sha256]).fetchone() is not None
+        return bool(self._read("SELECT 1 FROM images WHERE sha256 = ?", [sha256]))
 
     # -- loading for search -----------------------------------------------
     def gallery(self, collection_id: int, config_id: int) -> Gallery:
@@ -419,16 +430,17 @@ class Store:
                  "params": buf.getvalue(), "created": _now()}, pk=("collection_id", "config_id", "kind"))
 
     def load_transform(self, collection_id: int, config_id: int, kind: str, generation: int) -> dict[str, np.ndarray] | None:
-        row = self.db.execute(
+        rows = self._read(
             "SELECT generation, params FROM transforms WHERE collection_id = ? AND config_id = ? AND kind = ?",
-            [collection_id, config_id, kind]).fetchone()
+            [collection_id, config_id, kind])
+        row = rows[0] if rows else None
         if row is None or row[0] != generation:
             return None
         with np.load(io.BytesIO(row[1]), allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
 
     def integrity_ok(self) -> bool:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return self._read("PRAGMA integrity_check")[0][0] == "ok"
 
 
 def _looks_like_hash(text: str) -> bool:

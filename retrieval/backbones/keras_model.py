@@ -8,6 +8,8 @@ under TensorFlow, JAX or torch (``KERAS_BACKEND``).
 
 from __future__ import annotations
 
+import threading
+
 from typing import Callable
 
 import keras
@@ -79,6 +81,10 @@ class KerasBackbone(Backbone):
         self.placement = placement
         self.device = placement.description
         self.batch_size = batch_size
+        # One forward pass at a time per network: Keras builds its predict
+        # function lazily and is not safe to enter from two threads at once,
+        # and on a CPU two concurrent passes only share the same cores.
+        self._lock = threading.Lock()
         with placed(placement):
             pooled = GlobalPooling(pooling, gem_p, name="pool")(feature_model.output)
             self.model = keras.Model(feature_model.input, pooled, name=f"{feature_model.name}_{pooling}")
@@ -91,7 +97,7 @@ class KerasBackbone(Backbone):
         size = _bucket(n, self.batch_size)
         if n < size:
             x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
-        with placed(self.placement):
+        with self._lock, placed(self.placement):
             out = model.predict_on_batch(x)
         return np.asarray(out[:n], dtype=np.float32)
 
@@ -104,6 +110,7 @@ class KerasBackbone(Backbone):
             return self
         twin = KerasBackbone(self.name, self.feature_model, self.preprocess, pooling, gem_p, self.placement, self.batch_size)
         twin.__dict__.update({k: v for k, v in self.__dict__.items() if k not in twin.__dict__})
+        twin._lock = self._lock  # same weights, same lock
         return twin
 
     def feature_maps(self, images: np.ndarray) -> np.ndarray:
