@@ -331,7 +331,7 @@ def build(backend: Backend):
                         for c, ap in report.per_class_ap.items()]
         table = pd.DataFrame(rows)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        folder = export_root / secrets.token_hex(6)
+        folder = export_root / secrets.token_hex(16)  # unguessable: exports are served by path
         folder.mkdir(parents=True, exist_ok=True)
         csv_path, json_path = folder / f"evaluation-{stamp}.csv", folder / f"evaluation-{stamp}.json"
         table.to_csv(csv_path, index=False)

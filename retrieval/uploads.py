@@ -22,7 +22,9 @@ from .settings import Limits
 
 _SAFE_EXT = re.compile(r"^\.[a-z0-9]{1,5}$")
 _ARCHIVES = (".zip",)
-_MAX_RATIO = 200  # uncompressed / compressed; images barely compress, bombs do
+_MAX_RATIO = 200  # uncompressed / compressed; photos barely compress, bombs do
+_RATIO_FLOOR = 8 * 1024 * 1024  # below this a flat BMP or screenshot may compress 400:1 legitimately;
+# the byte caps (read with a limit, never trusting the header) bound the cost anyway
 
 
 class LimitExceeded(ValueError):
@@ -85,7 +87,8 @@ def _zip_entries(archive: Path, display: str, limits: Limits, intake: Intake) ->
             if info.file_size > limits.max_file_bytes:
                 intake.skipped.append(Skipped(shown, f"file too large: {info.file_size:,} bytes exceeds {limits.max_file_bytes:,}"))
                 continue
-            if info.compress_size and info.file_size / info.compress_size > _MAX_RATIO:
+            if (info.file_size > _RATIO_FLOOR and info.compress_size
+                    and info.file_size / info.compress_size > _MAX_RATIO):
                 intake.skipped.append(Skipped(shown, f"suspicious compression ratio ({info.file_size // info.compress_size}:1); not extracted"))
                 continue
             try:

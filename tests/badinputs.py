@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+SQL_LABEL = 'x"; DELETE FROM images; --'
 ESCAPE_NAME = "retrieval-bad-corpus-escaped.png"  # what the hostile zip tries to write outside
 
 LOOSE: dict[str, str] = {
@@ -47,6 +48,7 @@ ZIPS: dict[str, str] = {
     "escape.zip/../escaped.png": "unsafe path",
     f"escape.zip//tmp/{ESCAPE_NAME}": "unsafe path",
     "escape.zip/inside/fine.png": "ok",
+    "escape.zip/x\"; DELETE FROM images; --/sql_label.png": "ok",  # a label that is SQL
     "bomb.zip/zeros.png": "too large",
     "liar.zip/zeros.png": "cannot extract",
     "nested.zip/inner.zip": "nested archive",
@@ -180,6 +182,7 @@ def make_zips(root: Path) -> list[Path]:
         zf.writestr("../escaped.png", _png(_photo(20)))
         zf.writestr(f"/tmp/{ESCAPE_NAME}", _png(_photo(21)))
         zf.writestr("inside/fine.png", _png(_photo(22)))
+        zf.writestr(f"{SQL_LABEL}/sql_label.png", _png(_photo(23)))
     _zip_bomb(root / "bomb.zip")
     _lying_bomb(root / "liar.zip")
     inner = io.BytesIO()

@@ -75,44 +75,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-APP: dict = {}  # the running app's pid and data folder, for tests that inspect the server process
-
-
-@pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
-    """The real app in a subprocess, on a free port, with its own data folder."""
+def start_app(data: Path, *extra: str):
+    """The real app in a subprocess on a free port; returns (process, url, log file)."""
     import subprocess
     import sys
     import time
     import urllib.request
 
     root = Path(__file__).resolve().parents[1]
-    data = tmp_path_factory.mktemp("appdata")
     port = _free_port()
     log = open(data / "app.log", "w")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", str(data)],
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", str(data), *extra],
                             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while True:
         try:
             if urllib.request.urlopen(url, timeout=2).status == 200:
-                break
+                return proc, url, log
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
             raise RuntimeError(f"app did not start: {(data / 'app.log').read_text()[-3000:]}")
         time.sleep(0.5)
-    APP.update(pid=proc.pid, data=data)
-    yield url
+
+
+def stop_app(proc, log) -> None:
+    import subprocess
+
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+APP: dict = {}  # the running app's pid and data folder, for tests that inspect the server process
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """The real app, default settings, its own data folder."""
+    data = tmp_path_factory.mktemp("appdata")
+    proc, url, log = start_app(data)
+    APP.update(pid=proc.pid, data=data)
+    yield url
+    stop_app(proc, log)
 
 
 @pytest.fixture

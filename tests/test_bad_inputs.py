@@ -188,4 +188,5 @@ def test_good_files_are_searchable_and_upright(engine_outcomes, sandbox):
     members = {m.name: m for m in studio.members("bad")}
     rotated = members["exif_rotated.jpg"]
     assert (rotated.width, rotated.height) == (20, 40)  # stored 40 x 20, Orientation=6
+    assert members["escape.zip/" + B.SQL_LABEL + "/sql_label.png"].label == B.SQL_LABEL  # stored, not executed
     assert studio.store.db.execute("SELECT count(*) FROM images").fetchone()[0] == len(members)
