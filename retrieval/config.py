@@ -39,7 +39,7 @@ class ExtractorConfig:
 
         spec = get_spec(self.backbone)
         cfg = replace(self, input_size=self.input_size or spec.input_size)
-        if spec.family == "handcrafted":
+        if spec.family != "cnn":  # hand-crafted or adapted: the model fixes size and pooling
             cfg = replace(cfg, pooling="none", gem_p=0.0, input_size=spec.input_size, weights="none")
         elif cfg.pooling != "gem":
             cfg = replace(cfg, gem_p=0.0)

@@ -8,6 +8,8 @@ and prepared galleries in memory, so a second search costs milliseconds.
 
 from __future__ import annotations
 
+import json
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -17,7 +19,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .adapt import AdaptConfig, EpochCallback
 from .backbones import REGISTRY, Backbone, get_spec
+from .backbones.adapted import HeadBackbone, spec_for
 from .config import ExtractorConfig, SearchConfig
 from .decode import DecodeError, decode
 from .evaluation import Agreement, EvalReport, agreement, exact_duplicate_groups, leave_one_out
@@ -76,6 +80,27 @@ class IndexReport:
         return out
 
 
+@dataclass
+class AdaptReport:
+    name: str  # the new backbone's name
+    method: str
+    collection: str
+    map_before: float
+    map_after: float
+    p_at_1_before: float
+    p_at_1_after: float
+    train_images: int
+    validation_images: int
+    test_queries: int
+    seconds: float
+    training: dict
+    settings: dict
+    base: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class Hit:
     rank: int
@@ -129,6 +154,8 @@ class Studio:
         self._touched: dict[str, float] = {}
         self._lock = threading.RLock()
         self._placements: dict[str, object] = {}
+        for row in self.store.adapted():
+            self._register(row)
 
     def close(self) -> None:
         self.store.close()
@@ -156,7 +183,7 @@ class Studio:
         """Load a backbone once per process and device; poolings share one network."""
         cfg = cfg.resolved()
         spec = get_spec(cfg.backbone)
-        placement = self.placement(device) if spec.family == "cnn" else None
+        placement = self.placement(device) if spec.family in ("cnn", "adapted") else None
         key = (cfg.backbone, cfg.weights, cfg.input_size, getattr(placement, "kind", "cpu"))
         with self._lock:
             base = self._backbones.get(key)
@@ -272,6 +299,17 @@ class Studio:
         cid = self._collection(collection)
         backbone = self.backbone(cfg)
         config_id = self.store.config_id(cfg, backbone.dim)
+        if isinstance(backbone, HeadBackbone):  # from the base model's cached vectors: no image is read
+            missing = self.store.missing_embeddings(cid, config_id)
+            if not missing:
+                return 0
+            _, _, base = self.gallery(collection, self._base_config(cfg.backbone))
+            row_of = {m.image_id: i for i, m in enumerate(base.members)}
+            have = [m.image_id for m in missing if m.image_id in row_of]
+            if have:
+                vectors = backbone.project(base.vectors[[row_of[i] for i in have]])
+                self.store.add_embeddings(config_id, dict(zip(have, vectors)))
+            return len(have)
         missing = [m for m in self.store.missing_embeddings(cid, config_id) if m.path and Path(m.path).is_file()]
         if not missing:
             return 0
@@ -451,6 +489,184 @@ class Studio:
         report.seconds = time.perf_counter() - started
         report.config = {"extractor": asdict(cfg), "key": cfg.key, "search": asdict(scfg), "collection": collection}
         return report
+
+    # -- explanations ---------------------------------------------------------------
+    def _image(self, image, size: int | None) -> np.ndarray:
+        """A path, bytes, a PIL image or an array -> RGB pixels (squashed to ``size`` if given)."""
+        from PIL import Image
+
+        from .decode import to_rgb
+
+        try:
+            if isinstance(image, np.ndarray) or hasattr(image, "convert"):
+                pil = to_rgb(image if hasattr(image, "convert") else Image.fromarray(np.asarray(image)))
+                return np.asarray(pil.resize((size, size), Image.BILINEAR) if size else pil, np.uint8)
+            return decode(image if isinstance(image, bytes) else Path(image), size, self.limits).pixels
+        except DecodeError as exc:
+            raise ServiceError(f"cannot use the image: {exc}") from None
+
+    def resolve_member(self, collection: str, key: str):
+        """A member of the collection by name, stored path or sha256."""
+        for m in self.store.members(self._collection(collection)):
+            if key in (m.name, m.path, m.sha256):
+                return m
+        return None
+
+    def explain(self, query, result, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
+                scfg: SearchConfig = SearchConfig(), display: int = 384):
+        """Heatmaps of what drives the similarity of two images (see ``explain.py``).
+
+        ``result`` is a member (name, path or sha256) or any image. Returns the
+        explanation and the two images overlaid, at most ``display`` pixels a side.
+        """
+        from .explain import contributions, overlay
+
+        cfg = cfg.resolved()
+        if get_spec(cfg.backbone).family == "adapted":
+            cfg = self._base_config(cfg.backbone)  # a trained head is non-linear: explain its base CNN
+        backbone = self.backbone(cfg)
+        if not hasattr(backbone, "feature_maps"):
+            raise ServiceError(f"{cfg.backbone} has no feature map to explain; choose a CNN backbone")
+        if isinstance(result, str) and not Path(result).is_file():
+            member = self.resolve_member(collection, result)
+            if member is None or not member.path:
+                raise ServiceError(f"no image {result!r} in collection {collection!r}")
+            result = member.path
+        whitening = self.ranker(collection, cfg, scfg)[0].whitening if scfg.whiten != "none" else None
+        maps = backbone.feature_maps(np.stack([self._image(query, backbone.input_size),
+                                               self._image(result, backbone.input_size)]))
+        explanation = contributions(maps[0], maps[1], cfg.pooling, cfg.gem_p or 3.0, whitening)
+        scale = max(float(np.abs(explanation.query_map).max()), float(np.abs(explanation.result_map).max()), 1e-12)
+        images = []
+        for image in (query, result):
+            pixels = self._image(image, None)
+            h, w = pixels.shape[:2]
+            if max(h, w) > display:
+                from PIL import Image
+
+                f = display / max(h, w)
+                pixels = np.asarray(Image.fromarray(pixels).resize((max(1, round(w * f)), max(1, round(h * f)))))
+            images.append(overlay(pixels, explanation.query_map if not images else explanation.result_map,
+                                  scale=scale))
+        return explanation, images[0], images[1]
+
+    # -- adapted models ----------------------------------------------------------
+    def _register(self, row: dict) -> None:
+        name = row["name"]
+
+        def base_backbone(base: dict) -> Backbone:
+            return self.backbone(ExtractorConfig(**base))
+
+        def params() -> bytes:
+            return self.store.adapted(name, with_params=True)[0]["params"]
+
+        REGISTRY[name] = spec_for(row, base_backbone, params)
+
+    def _base_config(self, name: str) -> ExtractorConfig:
+        rows = self.store.adapted(name)
+        if not rows:
+            raise ServiceError(f"no adapted model named {name!r}")
+        return ExtractorConfig(**json.loads(rows[0]["base"]))
+
+    def adapted_models(self) -> list[dict]:
+        """Trained models with their settings and before/after figures."""
+        return [{**r, "settings": json.loads(r["settings"]), "figures": json.loads(r["figures"]),
+                 "base": json.loads(r["base"])} for r in self.store.adapted()]
+
+    def _pixels(self, members, size: int) -> np.ndarray:
+        """Decode members' files at ``size`` (for the image-training methods)."""
+        def work(m):
+            return decode(m.path, size, self.limits).pixels
+
+        return np.stack(list(ordered_map(work, members, self.workers, prefetch=4 * self.workers)))
+
+    def adapt(self, collection: str, acfg: AdaptConfig = AdaptConfig(), base: ExtractorConfig = ExtractorConfig(),
+              scfg: SearchConfig = SearchConfig(rerank="none"), on_epoch: EpochCallback | None = None,
+              cancel: threading.Event | None = None, name: str | None = None) -> AdaptReport:
+        """Train a model for a labelled collection and register it as a new backbone.
+
+        The labelled images are split by image (stratified): ``test_fraction``
+        are held out, never seen in training or validation, and are both the
+        queries and the gallery of the leave-one-out figures before and
+        after, computed with the same search settings.
+        """
+        from . import adapt as A
+
+        started = time.perf_counter()
+        base = base.resolved()
+        if get_spec(base.backbone).family != "cnn":
+            raise ServiceError("adapt starts from a CNN backbone (a pretrained one, or any for 'scratch')")
+        cid, _, gallery = self.gallery(collection, base)
+        labels = gallery.labels
+        rest, held = A.split_by_image(labels, acfg.test_fraction, acfg.seed)
+        fit_rows, val_rows = (rest[i] for i in A.split_by_image([labels[r] for r in rest], acfg.val_fraction, acfg.seed))
+        classes = sorted({labels[r] for r in fit_rows})
+        if len(classes) < 2 or len(held) < 2 or len(val_rows) < 1:
+            raise ServiceError(f"collection {collection!r} needs at least 2 labels with 3 or more images each to "
+                               "train and to measure the result on images kept out of training")
+        code = {c: i for i, c in enumerate(classes)}
+        # validation and test rows whose label training never saw cannot be learned; they stay as test queries
+        val_rows = np.array([r for r in val_rows if labels[r] in code], np.int64)
+        y = np.array([code.get(labels[r], -1) for r in range(len(labels))], np.int64)
+        test_labels = [labels[r] for r in held]
+
+        def figures(vectors: np.ndarray) -> EvalReport:
+            whitening = fit_postprocess(scfg.whiten, vectors)
+            ranker = Ranker(vectors, scfg.metric, scfg.rerank, whitening,
+                            fit_whitening(whitening.apply(vectors) if whitening else vectors)
+                            if scfg.metric == "mahalanobis" else None)
+            return leave_one_out(test_labels, lambda rows, ex: ranker.full_order(vectors[rows], ex),
+                                 exact_duplicate_groups(vectors))
+
+        before = figures(gallery.vectors[held])
+        tmp_dir = self.store.path.parent / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        if acfg.method == "head":
+            weights, log = A.train_head(gallery.vectors[fit_rows], y[fit_rows], len(classes), acfg,
+                                        val=(gallery.vectors[val_rows], y[val_rows]), on_epoch=on_epoch, cancel=cancel)
+            after_vectors = A.apply_head(weights, gallery.vectors[held])
+            params, input_size, dim = A.pack(weights), base.input_size, acfg.dim
+        else:
+            keras = A._keras()
+            size = acfg.scratch_size if acfg.method == "scratch" else base.input_size
+            if acfg.method == "scratch":
+                embedder = A.build_scratch(keras, acfg)
+            else:
+                embedder = A.build_finetune(keras, self.backbone(base).feature_model, acfg, base.pooling, base.gem_p or 3.0)
+            members = gallery.members
+            train_px = self._pixels([members[r] for r in fit_rows], size)
+            val_px = self._pixels([members[r] for r in val_rows], size)
+            log = A.train_images(embedder, train_px, y[fit_rows], len(classes), acfg, (val_px, y[val_rows]),
+                                 on_epoch, cancel)
+            test_px = self._pixels([members[r] for r in held], size)
+            after_vectors = np.concatenate([np.asarray(embedder.predict_on_batch(test_px[i:i + 64].astype(np.float32)))
+                                            for i in range(0, len(test_px), 64)])
+            params, input_size, dim = A.save_weights(embedder, tmp_dir), size, acfg.dim if acfg.method == "finetune" else 512
+        after = figures(after_vectors)
+        name = name or f"{acfg.method}-{base.backbone.replace('efficientnet-', '')}-{secrets.token_hex(3)}"
+        if name in REGISTRY:
+            raise ServiceError(f"a model named {name!r} exists already")
+        report = AdaptReport(name, acfg.method, collection, before.map, after.map, before.p_at[1], after.p_at[1],
+                             len(fit_rows), len(val_rows), before.queries, time.perf_counter() - started, log.to_json(),
+                             acfg.to_json(), base.key)
+        row = {"name": name, "method": acfg.method, "base": json.dumps(asdict(base)), "collection": collection,
+               "input_size": int(input_size), "dim": int(dim), "params": params,
+               "settings": json.dumps(acfg.to_json()), "figures": json.dumps(report.to_json())}
+        self.store.save_adapted(row)
+        self._register(row)
+        self.ensure_embeddings(collection, ExtractorConfig(backbone=name))  # ready for search and compare at once
+        return report
+
+    def delete_adapted(self, name: str) -> bool:
+        rows = self.store.adapted(name)
+        if not rows:
+            return False
+        key = ExtractorConfig(backbone=name).resolved().key
+        with self._lock:
+            self._backbones = {k: v for k, v in self._backbones.items() if k[0] != name}
+            self._rankers.clear()
+            REGISTRY.pop(name, None)
+        return self.store.delete_adapted(name, key)
 
     # -- uploads and galleries ------------------------------------------------
     @property

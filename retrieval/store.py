@@ -172,6 +172,13 @@ class Store:
                 foreign_keys=[("collection_id", "collections", "id"), ("config_id", "configs", "id")],
                 if_not_exists=True,
             )
+            # Models trained here (adapt.py): weights, how they were trained, and their figures.
+            db["adapted"].create(
+                {"id": int, "name": str, "method": str, "base": str, "collection": str, "input_size": int, "dim": int,
+                 "params": bytes, "settings": str, "figures": str, "created": str},
+                pk="id", not_null={"name"}, if_not_exists=True,
+            )
+            db["adapted"].create_index(["name"], unique=True, if_not_exists=True)
 
     # -- configurations -------------------------------------------------
     def config_id(self, cfg: ExtractorConfig, dim: int) -> int:
@@ -438,6 +445,32 @@ class Store:
             return None
         with np.load(io.BytesIO(row[1]), allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
+
+    # -- adapted models ---------------------------------------------------------
+    def save_adapted(self, row: dict) -> None:
+        with self._lock, self.db.atomic():
+            self.db["adapted"].insert({**row, "created": _now()})
+
+    def adapted(self, name: str | None = None, with_params: bool = False) -> list[dict]:
+        cols = "name, method, base, collection, input_size, dim, settings, figures, created"
+        if with_params:
+            cols += ", params"
+        sql = f"SELECT {cols} FROM adapted" + (" WHERE name = ?" if name is not None else "") + " ORDER BY id"
+        keys = [c.strip() for c in cols.split(",")]
+        return [dict(zip(keys, row)) for row in self._read(sql, [name] if name is not None else [])]
+
+    def delete_adapted(self, name: str, config_key: str) -> bool:
+        """Remove a trained model, its configuration and every vector it made."""
+        with self._lock, self.db.atomic():
+            found = self.db.execute("SELECT 1 FROM adapted WHERE name = ?", [name]).fetchone() is not None
+            row = self.db.execute("SELECT id FROM configs WHERE key = ?", [config_key]).fetchone()
+            if row is not None:
+                self.db.execute("DELETE FROM embeddings WHERE config_id = ?", [row[0]])
+                self.db.execute("DELETE FROM transforms WHERE config_id = ?", [row[0]])
+                self.db.execute("DELETE FROM configs WHERE id = ?", [row[0]])
+            self.db.execute("DELETE FROM adapted WHERE name = ?", [name])
+        self._galleries = {k: v for k, v in self._galleries.items() if row is None or k[1] != row[0]}
+        return found
 
     def integrity_ok(self) -> bool:
         return self._read("PRAGMA integrity_check")[0][0] == "ok"
