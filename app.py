@@ -162,6 +162,7 @@ def build(backend: Backend):
     import pandas as pd
 
     from retrieval import ExtractorConfig, SearchConfig, ServiceError
+    from retrieval.adapt import METHODS, AdaptConfig, Cancelled
     from retrieval.backbones import BackboneUnavailable
     from retrieval.config import DEFAULT_BACKBONE, DEFAULT_METRIC, DEFAULT_RERANK, DEFAULT_WHITEN, METRICS, RERANKS, WHITENINGS
     from retrieval.device import DeviceError
@@ -183,7 +184,14 @@ def build(backend: Backend):
         studio.fork(DEMO, name)
         return name
 
-    def configs(backbone, pooling, metric, rerank, whiten, k):
+    def session_models(session) -> list[str]:
+        """Ready backbones, plus the models trained on this session's gallery (or on the demo)."""
+        own = {collection_of(session), DEMO}
+        return model_choices + [m["name"] for m in studio.adapted_models() if m["collection"] in own]
+
+    def configs(backbone, pooling, metric, rerank, whiten, k, session=None):
+        if backbone not in session_models(session):
+            raise gr.Error(f"unknown or unavailable backbone {backbone!r}")
         return ExtractorConfig(backbone=backbone, pooling=pooling), SearchConfig(metric=metric, k=int(k), rerank=rerank, whiten=whiten)
 
     def captions(result):
@@ -221,7 +229,7 @@ def build(backend: Backend):
         if query is None:
             raise gr.Error("Choose a query image first (upload, webcam, paste, or click a gallery image).")
         backend.wait()
-        cfg, scfg = configs(backbone, pooling, metric, rerank, whiten, k)
+        cfg, scfg = configs(backbone, pooling, metric, rerank, whiten, k, session)
         studio.touch(collection_of(session))
         result = studio.search(query, collection_of(session), cfg, scfg, device=device)
         return captions(result), timing_line(result)
@@ -233,8 +241,8 @@ def build(backend: Backend):
         if query is None:
             raise gr.Error("Choose a query image first.")
         backend.wait()
-        a = configs(a_backbone, a_pooling, a_metric, a_rerank, DEFAULT_WHITEN, k)
-        b = configs(b_backbone, b_pooling, b_metric, b_rerank, DEFAULT_WHITEN, k)
+        a = configs(a_backbone, a_pooling, a_metric, a_rerank, DEFAULT_WHITEN, k, session)
+        b = configs(b_backbone, b_pooling, b_metric, b_rerank, DEFAULT_WHITEN, k, session)
         cmp = studio.compare(query, collection_of(session), a, b, devices=(a_device, b_device))
         ag = cmp.agreement
         summary = (f"**overlap@{ag.k}: {ag.overlap_at_k:.2f}** · Kendall τ (top-{ag.k} union): {ag.kendall_tau:.2f} "
@@ -306,6 +314,103 @@ def build(backend: Backend):
         return member.path, member.path, member.path, f"Selected `{member.name}` ({member.label or 'unlabelled'}): it is now the query."
 
     @friendly
+    def why_match(query, items, backbone, pooling, whiten=DEFAULT_WHITEN, session=None, evt: gr.SelectData = None):
+        """Heatmaps for the clicked result: which regions of both images make them alike."""
+        if query is None or not items or evt is None:
+            raise gr.Error("Search first, then click a result.")
+        clicked = items[evt.index]
+        path = clicked[0] if isinstance(clicked, (tuple, list)) else clicked
+        cfg = configs(backbone, pooling, DEFAULT_METRIC, "none", whiten, 1, session)[0]
+        explanation, q_img, r_img = studio.explain(query, path, collection_of(session), cfg,
+                                                   SearchConfig(whiten=whiten, rerank="none"))
+        base = " (explained through its base CNN: a trained head is not linear)" if cfg.backbone not in model_choices else ""
+        note = (f"**Why this match?** Cosine similarity **{explanation.score:.3f}** before re-ranking, "
+                f"{cfg.resolved().label}{base}. Warm regions add to the similarity, blue ones subtract; "
+                "each map sums exactly to the score.")
+        return gr.Column(visible=True), q_img, r_img, note
+
+    def embedding_map(query, backbone, pooling, whiten, k, session=None):
+        """The gallery in 2-D (PCA), coloured by label, with the query and its top k marked."""
+        if query is None:
+            return gr.ScatterPlot(visible=False)
+        try:
+            cfg, scfg = configs(backbone, pooling, DEFAULT_METRIC, "none", whiten, k, session)
+            coords, members, point, rows = studio.embedding_map(collection_of(session), cfg, scfg, query)
+        except (ServiceError, BackboneUnavailable, DeviceError, ValueError, gr.Error):
+            return gr.ScatterPlot(visible=False)  # a side panel: the search itself already said what is wrong
+        top = set(rows.tolist())
+        frame = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1],
+                              "group": [f"top {k}" if i in top else (m.label or "unlabelled") for i, m in enumerate(members)],
+                              "name": [m.name for m in members]})
+        if point is not None:
+            frame.loc[len(frame)] = [float(point[0]), float(point[1]), "★ query", "query"]
+        return gr.ScatterPlot(frame, visible=True)
+
+    adapt_cancels: dict[str, threading.Event] = {}
+
+    def adapt_run(method, epochs, base_backbone, session=None, request: gr.Request = None):
+        """Train on the gallery's labels in a thread; stream progress, the loss curve, then the figures."""
+        backend.wait()
+        collection = collection_of(session)
+        key = request.session_hash if request is not None else "api"
+        cancel = adapt_cancels[key] = threading.Event()
+        history: list[dict] = []
+        outcome: dict = {}
+
+        def on_epoch(epoch, planned, logs):
+            history.append({"epoch": epoch, **logs})
+
+        def work():
+            try:
+                outcome["report"] = studio.adapt(collection, AdaptConfig(method=method, epochs=int(epochs)),
+                                                 ExtractorConfig(backbone=base_backbone), on_epoch=on_epoch, cancel=cancel)
+            except Exception as exc:  # reported in the page below
+                outcome["error"] = exc
+
+        def curve():
+            rows = [{"epoch": h["epoch"], "loss": h.get(k, 0.0), "series": name} for h in history
+                    for k, name in (("loss", "training"), ("val_loss", "validation"))]
+            return pd.DataFrame(rows or [{"epoch": 0, "loss": 0.0, "series": "training"}])
+
+        thread = threading.Thread(target=work, name="adapt", daemon=True)
+        thread.start()
+        started = time.monotonic()
+        while thread.is_alive():
+            thread.join(1.0)
+            done = f"epoch {len(history)} of at most {int(epochs)}" if history else "preparing (reading vectors or decoding images)…"
+            yield (f"**Training `{method}`** on {collection if session is None else 'your gallery'}: {done} · "
+                   f"{time.monotonic() - started:.0f} s", curve(), gr.update(), *[gr.update()] * 4)
+        adapt_cancels.pop(key, None)
+        if "error" in outcome:
+            exc = outcome["error"]
+            message = "Cancelled: nothing was saved." if isinstance(exc, Cancelled) else f"Training failed: {str(exc).splitlines()[0]}"
+            yield message, curve(), gr.update(), *[gr.update()] * 4
+            return
+        r = outcome["report"]
+        table = pd.DataFrame([
+            {"": "before (" + r.base.split("|")[0] + ")", "mAP": round(r.map_before, 4), "P@1": round(r.p_at_1_before, 4)},
+            {"": f"after ({r.name})", "mAP": round(r.map_after, 4), "P@1": round(r.p_at_1_after, 4)},
+        ])
+        note = (f"**{r.name}** trained in {r.seconds:.1f} s on {r.train_images} images ({r.validation_images} for "
+                f"early stopping); figures on **{r.test_queries} held-out images** never seen in training, "
+                f"leave-one-out, same queries before and after. It is now a backbone: pick it anywhere.")
+        choices = session_models(session)
+        yield (note, curve(), table, gr.Dropdown(choices=choices), gr.Dropdown(choices=choices),
+               gr.Dropdown(choices=choices, value=r.name), gr.CheckboxGroup(choices=choices))
+
+    def model_lists(session=None):
+        choices = session_models(session)
+        return (gr.Dropdown(choices=choices), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices),
+                gr.CheckboxGroup(choices=choices))
+
+    def adapt_cancel(request: gr.Request = None):
+        event = adapt_cancels.get(request.session_hash if request is not None else "api")
+        if event is None:
+            return "Nothing is training."
+        event.set()
+        return "Cancelling after the current batch…"
+
+    @friendly
     def evaluate(backbones, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK, whiten=DEFAULT_WHITEN,
                  session=None, progress=gr.Progress()):
         """Leave-one-out evaluation of one or more backbones on the labelled gallery."""
@@ -315,7 +420,7 @@ def build(backend: Backend):
         rows, curves, classes, reports = [], [], [], []
         for i, name in enumerate(backbones):
             progress((i, len(backbones)), desc=f"Evaluating {name}…")
-            cfg, scfg = configs(name, pooling, metric, rerank, whiten, 10)
+            cfg, scfg = configs(name, pooling, metric, rerank, whiten, 10, session)
             studio.ensure_embeddings(collection, cfg)
             report = studio.evaluate(collection, cfg, scfg)
             tag = cfg.resolved().label
@@ -389,6 +494,16 @@ def build(backend: Backend):
                         search_button = gr.Button("Search", variant="primary", elem_id="search-button")
                 results = gr.Gallery(label="Most alike", elem_id="results-gallery", columns=4, height=420, object_fit="contain")
                 timings = gr.Markdown(elem_classes=["timing"], elem_id="search-timings")
+                gr.Markdown("Click a result to see **why it matched**.")
+                with gr.Column(visible=False, elem_id="why-panel") as why_panel:
+                    why_note = gr.Markdown(elem_id="why-note")
+                    with gr.Row():
+                        why_query = gr.Image(label="Query: what drives the match", elem_id="why-query",
+                                             interactive=False, height=320)
+                        why_result = gr.Image(label="Result: what drives the match", elem_id="why-result",
+                                              interactive=False, height=320)
+                emb_map = gr.ScatterPlot(x="x", y="y", color="group", title="The gallery in 2-D (PCA of the descriptors)",
+                                         elem_id="embedding-map", visible=False, height=380, tooltip=["name", "group"])
                 if not_ready:
                     with gr.Accordion("Backbones not ready on this machine", open=False):
                         gr.Markdown(not_ready)
@@ -418,6 +533,13 @@ def build(backend: Backend):
                         b_device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="B · Device")
                         b_results = gr.Gallery(label="B results", elem_id="compare-b", columns=3, height=360, object_fit="contain")
                         b_timings = gr.Markdown(elem_classes=["timing"])
+
+                gr.Markdown("Click a result in A or B to see why it matched under that configuration.")
+                with gr.Column(visible=False, elem_id="compare-why-panel") as cwhy_panel:
+                    cwhy_note = gr.Markdown()
+                    with gr.Row():
+                        cwhy_query = gr.Image(label="Query", elem_id="compare-why-query", interactive=False, height=280)
+                        cwhy_result = gr.Image(label="Result", elem_id="compare-why-result", interactive=False, height=280)
 
             with gr.Tab("Gallery", id="gallery"):
                 info = gr.Markdown(elem_id="gallery-info")
@@ -459,9 +581,33 @@ def build(backend: Backend):
                 exports = gr.File(label="Export (CSV and JSON, with the configuration)", file_count="multiple",
                                   elem_id="eval-export")
 
+            with gr.Tab("Adapt", id="adapt"):
+                gr.Markdown(
+                    "Train a retrieval model for **this gallery's labels**. A random 30 % of the labelled images is held "
+                    "out: they are the queries and the gallery of the figures before and after, and never reach training. "
+                    "**head**: a projection on the cached CNN vectors (seconds to minutes) · **finetune**: the CNN's top "
+                    "blocks with augmented images (slow on a CPU) · **scratch**: the seed's small CNN from random "
+                    "weights (the baseline). The result becomes a backbone you can pick in Search, Compare and Evaluate.")
+                with gr.Row():
+                    adapt_method = gr.Radio(list(METHODS), value="head", label="Method", elem_id="adapt-method")
+                    adapt_epochs = gr.Slider(1, 100, value=30, step=1, label="Epochs (at most: early stopping)",
+                                             elem_id="adapt-epochs")
+                    cnn_models = [m for m in model_choices if m not in ("pixels", "colorhist")] or model_choices
+                    adapt_base = gr.Dropdown(cnn_models, value=DEFAULT_BACKBONE if DEFAULT_BACKBONE in cnn_models else cnn_models[0],
+                                             label="Start from")
+                with gr.Row():
+                    adapt_button = gr.Button("Train", variant="primary", elem_id="adapt-button")
+                    cancel_button = gr.Button("Cancel", variant="stop", elem_id="adapt-cancel")
+                adapt_status = gr.Markdown(elem_id="adapt-status")
+                adapt_curve = gr.LinePlot(x="epoch", y="loss", color="series", title="Loss (training and validation)",
+                                          elem_id="adapt-curve", height=280)
+                adapt_table = gr.Dataframe(label="Held-out figures, before and after", elem_id="adapt-table",
+                                           interactive=False)
+
         # -- wiring --------------------------------------------------------------
         search_inputs = [query, backbone, pooling, metric, rerank, whiten, k, device, session]
-        search_button.click(search, search_inputs, [results, timings], api_name="search")
+        search_button.click(search, search_inputs, [results, timings], api_name="search").then(
+            embedding_map, [query, backbone, pooling, whiten, k, session], [emb_map], api_visibility="private")
         compare_button.click(compare, [compare_query, a_backbone, a_pooling, a_metric, a_rerank, b_backbone, b_pooling,
                                        b_metric, b_rerank, compare_k, a_device, b_device, session],
                              [a_results, a_timings, b_results, b_timings, agreement], api_name="compare")
@@ -475,7 +621,18 @@ def build(backend: Backend):
         reset_button.click(reset, [session], [browse, info, session, selected_path], **private)
         eval_button.click(evaluate, [eval_backbones, eval_pooling, eval_metric, eval_rerank, eval_whiten, session],
                           [eval_table, curve_plot, class_plot, exports, eval_note], api_name="evaluate")
+        results.select(why_match, [query, results, backbone, pooling, whiten, session],
+                       [why_panel, why_query, why_result, why_note], **private)
+        a_results.select(why_match, [compare_query, a_results, a_backbone, a_pooling, session],
+                         [cwhy_panel, cwhy_query, cwhy_result, cwhy_note], **private)
+        b_results.select(why_match, [compare_query, b_results, b_backbone, b_pooling, session],
+                         [cwhy_panel, cwhy_query, cwhy_result, cwhy_note], **private)
+        adapt_button.click(adapt_run, [adapt_method, adapt_epochs, adapt_base, session],
+                           [adapt_status, adapt_curve, adapt_table, backbone, a_backbone, b_backbone, eval_backbones],
+                           api_name="adapt")
+        cancel_button.click(adapt_cancel, None, adapt_status, queue=False, **private)
         ui.load(refresh, [session], [browse, info], **private)
+        ui.load(model_lists, [session], [backbone, a_backbone, b_backbone, eval_backbones], **private)
         ui.load(eval_hint, [session], [hint], **private)
     return ui
 

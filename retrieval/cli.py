@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list backbones, their dimension, and whether they work offline")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--db", help="also list the models trained with 'adapt' in this database")
 
     p = sub.add_parser("index", help="add folders (recursively), image files or zip archives to a collection")
     p.add_argument("paths", nargs="+", metavar="PATH",
@@ -82,6 +83,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="PATH_OR_HASH")
     p.add_argument("--db")
     p.add_argument("--collection", default=None, help="only from this collection (default: from every collection)")
+
+    p = sub.add_parser("adapt", help="train a model for a labelled collection; it becomes a new backbone")
+    _add_db(p)
+    _add_model(p)
+    p.add_argument("--method", default="head", choices=("head", "finetune", "scratch"),
+                   help="head: projection on cached embeddings (fast); finetune: top blocks of the CNN; "
+                        "scratch: the seed's small CNN (default: head)")
+    p.add_argument("--epochs", type=int, default=None, help="at most this many (early stopping); default 30 for "
+                   "the head, 5 for image models")
+    p.add_argument("--test-fraction", type=float, default=0.3, help="labelled images held out for the figures")
+    p.add_argument("--name", help="name of the new model (default: made up from method and backbone)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("explain", help="heatmaps of what makes two images similar")
+    p.add_argument("query", help="an image file")
+    p.add_argument("result", help="an image file, or a member of the collection (name, path or sha256)")
+    _add_db(p)
+    _add_model(p)
+    p.add_argument("--whiten", default=C.DEFAULT_WHITEN, choices=C.WHITENINGS)
+    p.add_argument("--out", required=True, help="PNG to write: query and result side by side, overlaid")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("delete-model", help="delete a model trained with 'adapt', and its vectors")
+    p.add_argument("name")
+    p.add_argument("--db")
 
     p = sub.add_parser("collections", help="list collections")
     p.add_argument("--db")
@@ -115,6 +141,8 @@ def _studio(args, must_exist: bool = True):
 def cmd_models(args) -> int:
     from .service import Studio
 
+    if args.db:
+        _studio(args)  # registers the models trained in this database
     models = Studio.models()
     if args.json:
         _print_json(models)
@@ -221,7 +249,64 @@ def cmd_collections(args) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "index": cmd_index, "search": cmd_search, "evaluate": cmd_evaluate,
+def cmd_adapt(args) -> int:
+    from .adapt import AdaptConfig
+
+    studio = _studio(args)
+    epochs = args.epochs or (30 if args.method == "head" else 5)
+    acfg = AdaptConfig(method=args.method, epochs=epochs, test_fraction=args.test_fraction)
+
+    def on_epoch(epoch: int, planned: int, logs: dict) -> None:
+        if not args.json:
+            print(f"epoch {epoch}/{planned}: loss {logs.get('loss', 0):.4f}  val_loss {logs.get('val_loss', 0):.4f}  "
+                  f"val_accuracy {logs.get('val_accuracy', 0):.4f}", file=sys.stderr, flush=True)
+
+    report = studio.adapt(args.collection, acfg, _extractor(args), on_epoch=on_epoch, name=args.name)
+    if args.json:
+        _print_json(report.to_json())
+        return 0
+    print(f"{report.name}: {report.method} on {report.train_images} images ({report.validation_images} for "
+          f"validation), {report.test_queries} held-out queries, {report.seconds:.1f} s")
+    print(f"mAP {report.map_before:.4f} -> {report.map_after:.4f}   P@1 {report.p_at_1_before:.4f} -> "
+          f"{report.p_at_1_after:.4f}")
+    print(f"use it: --model {report.name}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from PIL import Image
+
+    for path in (args.query,):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no such image: {path}")
+    studio = _studio(args)
+    scfg = C.SearchConfig(whiten=args.whiten, rerank="none")
+    explanation, left, right = studio.explain(args.query, args.result, args.collection, _extractor(args), scfg)
+    h = max(left.shape[0], right.shape[0])
+    canvas = Image.new("RGB", (left.shape[1] + right.shape[1] + 8, h), "white")
+    canvas.paste(Image.fromarray(left), (0, 0))
+    canvas.paste(Image.fromarray(right), (left.shape[1] + 8, 0))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    summary = {"score": explanation.score, "pooling": explanation.pooling, "out": str(out),
+               "query_map_sum": float(explanation.query_map.sum()), "result_map_sum": float(explanation.result_map.sum())}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"cosine {explanation.score:.4f} (before re-ranking); heatmaps written to {out}")
+    return 0
+
+
+def cmd_delete_model(args) -> int:
+    studio = _studio(args)
+    if not studio.delete_adapted(args.name):
+        raise FileNotFoundError(f"no adapted model named {args.name!r}")
+    print(f"deleted {args.name} and its vectors")
+    return 0
+
+
+COMMANDS = {"models": cmd_models, "adapt": cmd_adapt, "explain": cmd_explain, "delete-model": cmd_delete_model, "index": cmd_index, "search": cmd_search, "evaluate": cmd_evaluate,
             "remove": cmd_remove, "collections": cmd_collections}
 
 

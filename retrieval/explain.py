@@ -96,9 +96,33 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55, scale: flo
     h, w = image.shape[:2]
     scale = scale or float(np.abs(heat).max()) or 1.0
     big = np.asarray(Image.fromarray(np.asarray(heat, np.float32)).resize((w, h), Image.BILINEAR))
-    t = np.clip(big / scale, -1.0, 1.0)[..., None]
+    t = np.clip(big / scale, -1.0, 1.0)
+    t = (np.sign(t) * np.sqrt(np.abs(t)))[..., None]  # lift the mid-range so moderate regions show
     warm = np.array([255.0, 60.0, 0.0]) * (0.4 + 0.6 * t) + np.array([0.0, 195.0, 0.0]) * t * t
     cool = np.array([30.0, 90.0, 255.0])
     colour = np.where(t >= 0, warm, cool)
     weight = alpha * np.abs(t)
     return np.clip(image * (1 - weight) + colour * weight, 0, 255).astype(np.uint8)
+
+
+def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two main axes of a gallery: (coordinates (N, 2), mean, axes (D, 2)).
+
+    PCA rather than t-SNE or UMAP: it is exact, deterministic up to sign,
+    instant for 100k vectors, and a new query projects onto the same axes.
+    """
+    x = np.asarray(vectors, np.float64)
+    mean = x.mean(axis=0)
+    xc = x - mean
+    if len(x) < 2:
+        return np.zeros((len(x), 2)), mean, np.zeros((x.shape[1], 2))
+    # the top-2 right singular vectors, via the (D x D) or (N x N) Gram matrix, whichever is smaller
+    if x.shape[0] < x.shape[1]:
+        vals, vecs = np.linalg.eigh(xc @ xc.T)
+        top = vecs[:, ::-1][:, :2]
+        axes = xc.T @ top / np.sqrt(np.maximum(vals[::-1][:2], 1e-12))
+    else:
+        vals, vecs = np.linalg.eigh(xc.T @ xc)
+        axes = vecs[:, ::-1][:, :2]
+    axes = axes * np.where(axes.sum(axis=0) < 0, -1.0, 1.0)  # a fixed sign, so maps do not flip between runs
+    return xc @ axes, mean, axes

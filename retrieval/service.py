@@ -154,6 +154,7 @@ class Studio:
         self._touched: dict[str, float] = {}
         self._lock = threading.RLock()
         self._placements: dict[str, object] = {}
+        self._maps: dict = {}
         for row in self.store.adapted():
             self._register(row)
 
@@ -550,6 +551,31 @@ class Studio:
                                   scale=scale))
         return explanation, images[0], images[1]
 
+    def embedding_map(self, collection: str, cfg: ExtractorConfig, scfg: SearchConfig, query=None):
+        """2-D PCA of the collection's (post-processed) vectors, plus the query and its top k.
+
+        Returns (coordinates (N, 2), members, query point or None, top-k rows).
+        The projection is cached per gallery generation.
+        """
+        from .explain import pca_2d
+
+        ranker, gallery = self.ranker(collection, cfg, scfg)
+        key = ("map", id(ranker))
+        with self._lock:
+            cached = self._maps.get(key)
+        if cached is None:
+            cached = pca_2d(ranker.space)
+            with self._lock:
+                self._maps = {key: cached}  # one at a time: maps are cheap to redo
+        coords, mean, axes = cached
+        point, rows = None, np.zeros(0, np.int64)
+        if query is not None:
+            vector, _, _ = self.embed_query(query, cfg)
+            q = ranker.whitening.apply(vector[None]) if ranker.whitening is not None else vector[None]
+            point = ((q - mean) @ axes)[0]
+            rows = ranker.search(vector[None], scfg.k).indices[0]
+        return coords, gallery.members, point, rows
+
     # -- adapted models ----------------------------------------------------------
     def _register(self, row: dict) -> None:
         name = row["name"]
@@ -747,6 +773,9 @@ class Studio:
 
     def drop_collection(self, name: str) -> bool:
         cid = self.store.collection_id(name)
+        for row in self.store.adapted():
+            if row["collection"] == name:  # a model trained on a gallery goes with it
+                self.delete_adapted(row["name"])
         dropped = self.store.drop_collection(name)
         if dropped:
             self._remove_orphan_blobs()
