@@ -13,7 +13,6 @@ copy-on-write collection (``session-…``), visible to that session only and
 dropped after ``--session-ttl`` seconds without use.
 """
 
-from __future__ import annotations
 
 import argparse
 import functools
@@ -313,16 +312,18 @@ def build(backend: Backend):
         member = members[evt.index]
         return member.path, member.path, member.path, f"Selected `{member.name}` ({member.label or 'unlabelled'}): it is now the query."
 
-    @friendly
-    def why_match(query, items, backbone, pooling, whiten=DEFAULT_WHITEN, session=None, evt: gr.SelectData = None):
+    def why_match(query, items, backbone, pooling, whiten, session, evt: gr.SelectData):
         """Heatmaps for the clicked result: which regions of both images make them alike."""
-        if query is None or not items or evt is None:
+        if query is None or not items:
             raise gr.Error("Search first, then click a result.")
         clicked = items[evt.index]
         path = clicked[0] if isinstance(clicked, (tuple, list)) else clicked
-        cfg = configs(backbone, pooling, DEFAULT_METRIC, "none", whiten, 1, session)[0]
-        explanation, q_img, r_img = studio.explain(query, path, collection_of(session), cfg,
-                                                   SearchConfig(whiten=whiten, rerank="none"))
+        try:
+            cfg = configs(backbone, pooling, DEFAULT_METRIC, "none", whiten, 1, session)[0]
+            explanation, q_img, r_img = studio.explain(query, path, collection_of(session), cfg,
+                                                       SearchConfig(whiten=whiten, rerank="none"))
+        except (ServiceError, BackboneUnavailable, DeviceError, ValueError) as exc:
+            raise gr.Error(str(exc).splitlines()[0]) from None
         base = " (explained through its base CNN: a trained head is not linear)" if cfg.backbone not in model_choices else ""
         note = (f"**Why this match?** Cosine similarity **{explanation.score:.3f}** before re-ranking, "
                 f"{cfg.resolved().label}{base}. Warm regions add to the similarity, blue ones subtract; "
@@ -370,7 +371,8 @@ def build(backend: Backend):
         def curve():
             rows = [{"epoch": h["epoch"], "loss": h.get(k, 0.0), "series": name} for h in history
                     for k, name in (("loss", "training"), ("val_loss", "validation"))]
-            return pd.DataFrame(rows or [{"epoch": 0, "loss": 0.0, "series": "training"}])
+            # both series from the first frame on: the plot fixes its colours at the first data it gets
+            return pd.DataFrame(rows or [{"epoch": 0, "loss": 0.0, "series": name} for name in ("training", "validation")])
 
         thread = threading.Thread(target=work, name="adapt", daemon=True)
         thread.start()
@@ -621,11 +623,12 @@ def build(backend: Backend):
         reset_button.click(reset, [session], [browse, info, session, selected_path], **private)
         eval_button.click(evaluate, [eval_backbones, eval_pooling, eval_metric, eval_rerank, eval_whiten, session],
                           [eval_table, curve_plot, class_plot, exports, eval_note], api_name="evaluate")
+        default_whiten = gr.State(DEFAULT_WHITEN)
         results.select(why_match, [query, results, backbone, pooling, whiten, session],
                        [why_panel, why_query, why_result, why_note], **private)
-        a_results.select(why_match, [compare_query, a_results, a_backbone, a_pooling, session],
+        a_results.select(why_match, [compare_query, a_results, a_backbone, a_pooling, default_whiten, session],
                          [cwhy_panel, cwhy_query, cwhy_result, cwhy_note], **private)
-        b_results.select(why_match, [compare_query, b_results, b_backbone, b_pooling, session],
+        b_results.select(why_match, [compare_query, b_results, b_backbone, b_pooling, default_whiten, session],
                          [cwhy_panel, cwhy_query, cwhy_result, cwhy_note], **private)
         adapt_button.click(adapt_run, [adapt_method, adapt_epochs, adapt_base, session],
                            [adapt_status, adapt_curve, adapt_table, backbone, a_backbone, b_backbone, eval_backbones],

@@ -132,3 +132,67 @@ def test_folder_upload_keeps_subfolder_labels(page, photo_folder, tmp_path):
     page.locator("#upload-summary strong:has-text('2 added')").wait_for()
     browser_text = page.locator("#gallery-browser").inner_text()
     assert "kitty · kitty/cat_crop.png" in browser_text and "launchpad · launchpad/rocket.jpg" in browser_text
+
+
+def test_why_this_match_shows_both_overlays(page):
+    _upload(page, "#query-image", DEMO / "cat" / "chelsea_crop.jpg")
+    page.locator("#query-image img").first.wait_for()
+    page.locator("#search-button").click()
+    page.locator("#search-timings:has-text('embed')").wait_for()
+    page.locator("#results-gallery img").nth(1).click()
+    page.locator("#why-note:has-text('Cosine similarity')").wait_for()
+    assert page.locator("#why-query img").first.is_visible() and page.locator("#why-result img").first.is_visible()
+    assert "sums exactly to the score" in page.locator("#why-note").inner_text()
+    page.locator("#embedding-map canvas, #embedding-map svg").first.wait_for()
+    _shot(page, "why.png")
+
+
+@pytest.fixture
+def fashion_zip(tmp_path):
+    """A labelled zip of real Fashion-MNIST images: 4 classes x 24 (Debian's dataset-fashion-mnist)."""
+    import zipfile
+
+    from benchmarks import fashion_mnist
+    from PIL import Image
+    import io
+
+    images, labels = fashion_mnist.load("t10k", 2000)
+    path = tmp_path / "fashion.zip"
+    counts: dict[int, int] = {}
+    with zipfile.ZipFile(path, "w") as zf:
+        for i, (img, label) in enumerate(zip(images, labels)):
+            if label not in (0, 2, 4, 6) or counts.get(label, 0) >= 24:  # the four look-alike tops
+                continue
+            counts[label] = counts.get(label, 0) + 1
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, "PNG")
+            zf.writestr(f"{fashion_mnist.CLASSES[label]}/{i:05d}.png", buf.getvalue())
+    return path
+
+
+def test_adapt_a_labelled_upload_then_compare_side_by_side(page, fashion_zip):
+    """As a new user: upload a labelled zip, train a head, see the held-out table, compare with the original."""
+    _tab(page, "Gallery", "#gallery-upload")
+    _upload(page, "#gallery-upload", fashion_zip)
+    page.locator("#gallery-upload:has-text('fashion.zip')").wait_for()
+    page.locator("#add-button").click()
+    page.locator("#upload-summary strong:has-text('96 added')").wait_for()
+    _tab(page, "Adapt", "#adapt-button")
+    page.locator("#adapt-button").click()
+    table = page.locator("#adapt-table")
+    table.locator("[role=gridcell]:has-text('after')").first.wait_for()
+    page.locator("#adapt-curve canvas, #adapt-curve svg").first.wait_for()
+    status = page.locator("#adapt-status").inner_text()
+    assert "held-out images" in status
+    cells = [c.inner_text() for c in table.locator("[role=gridcell]").all()]
+    before, after = float(cells[cells.index(next(c for c in cells if c.startswith("before"))) + 1]), \
+        float(cells[cells.index(next(c for c in cells if c.startswith("after"))) + 1])
+    assert 0.0 < before < 1.0 and 0.0 < after <= 1.0
+    _shot(page, "adapt.png")
+    # the new model is B in Compare at once
+    _tab(page, "Compare", "#compare-query")
+    _upload(page, "#compare-query", DEMO / "fashion-sneaker" / "fmnist-test-0009.png")
+    page.locator("#compare-query img").first.wait_for()
+    page.locator("#compare-button").click()
+    page.locator("#compare-agreement:has-text('overlap@8')").wait_for()
+    assert "head-lite1-" in page.locator("#compare-b").inner_text() or page.locator("#compare-b img").count() == 8
