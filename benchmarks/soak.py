@@ -292,6 +292,31 @@ def start_app(data: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.2)
 
 
+def bad_input_table(work: Path) -> list[dict]:
+    """The bad-input corpus (tests/badinputs.py) through the engine: outcome and peak memory per channel."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import badinputs as B
+
+    from retrieval import Studio
+    from retrieval.config import ExtractorConfig
+
+    B.make_folder(work / "corpus", work / "outside" / "secret.png")
+    zips = B.make_zips(work / "zips")
+    studio = Studio(work / "data" / "db.sqlite", device="cpu")
+    cfg = ExtractorConfig(backbone="pixels")
+    started = time.perf_counter()
+    report = studio.index(work / "corpus", "bad", cfg)
+    report.merge(studio.upload([(z, z.name, None) for z in zips], "bad", cfg))
+    seconds = time.perf_counter() - started
+    studio.close()
+    got = B.outcomes(report.added, [(s.name, s.reason) for s in report.skipped])
+    rows = [{"input": name, "expected": expected, "outcome": got.get(name, "MISSING"),
+             "as_expected": (got.get(name) == "ok") if expected == "ok"
+             else (name in got and got[name] != "ok" and expected.lower() in got[name].lower())}
+            for name, expected in B.EXPECTED.items()]
+    return [{"seconds": round(seconds, 2)}, *rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kills", type=int, default=20)
@@ -303,6 +328,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    with tempfile.TemporaryDirectory() as tmp:
+        timing, *bad = bad_input_table(Path(tmp))
+    print(f"bad inputs: {sum(r['as_expected'] for r in bad)}/{len(bad)} as expected", flush=True)
     kills = kill_soak(args.kills, args.images, args.model)
     print(f"kills: {kills['survived']}/{kills['kills']} survived ({kills['killed_mid_index']} mid-index)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -322,7 +350,7 @@ def main() -> None:
     print(f"load: {load['all']} errors {len(load['errors'])} lost {load['lost_uploads']}", flush=True)
     command = (f"python -m benchmarks.soak --kills {args.kills} --images {args.images} --model {args.model} "
                f"--clients {args.clients} --seconds {args.seconds:g}")
-    result = {"command": command, "kills": kills, "load": load}
+    result = {"command": command, "bad_inputs": {"seconds": timing["seconds"], "rows": bad}, "kills": kills, "load": load}
     Path(args.out).write_text(json.dumps(result, indent=2))
     Path(args.out).with_suffix(".md").write_text(render(result))
 
@@ -333,6 +361,17 @@ def render(result: dict) -> str:
         "# Reliability soak",
         "",
         f"Made by `{result['command']}` on 2 CPU cores; raw figures in `docs/reliability.json`.",
+        "",
+        "## Bad inputs",
+        "",
+        f"{len(result['bad_inputs']['rows'])} hostile or awkward inputs in one batch through the engine "
+        f"({result['bad_inputs']['seconds']} s for the whole batch); the same table runs through the CLI and the "
+        "app API in `tests/test_bad_inputs.py`.",
+        "",
+        "| input | expected | outcome | as expected |",
+        "| --- | --- | --- | --- |",
+        *[f"| `{r['input']}` | {r['expected']} | {r['outcome']} | {'yes' if r['as_expected'] else '**NO**'} |"
+          for r in result["bad_inputs"]["rows"]],
         "",
         "## SIGKILL during indexing",
         "",
