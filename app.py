@@ -352,6 +352,7 @@ def build(backend: Backend):
     def adapt_run(method, epochs, base_backbone, session=None, request: gr.Request = None):
         """Train on the gallery's labels in a thread; stream progress, the loss curve, then the figures."""
         backend.wait()
+        session = writable(session)  # a model is private to the session that trained it, like its uploads
         collection = collection_of(session)
         key = request.session_hash if request is not None else "api"
         cancel = adapt_cancels[key] = threading.Event()
@@ -380,13 +381,13 @@ def build(backend: Backend):
         while thread.is_alive():
             thread.join(1.0)
             done = f"epoch {len(history)} of at most {int(epochs)}" if history else "preparing (reading vectors or decoding images)…"
-            yield (f"**Training `{method}`** on {collection if session is None else 'your gallery'}: {done} · "
-                   f"{time.monotonic() - started:.0f} s", curve(), gr.update(), *[gr.update()] * 4)
+            yield (f"**Training `{method}`** on your gallery: {done} · "
+                   f"{time.monotonic() - started:.0f} s", curve(), gr.update(), *[gr.update()] * 4, session)
         adapt_cancels.pop(key, None)
         if "error" in outcome:
             exc = outcome["error"]
             message = "Cancelled: nothing was saved." if isinstance(exc, Cancelled) else f"Training failed: {str(exc).splitlines()[0]}"
-            yield message, curve(), gr.update(), *[gr.update()] * 4
+            yield message, curve(), gr.update(), *[gr.update()] * 4, session
             return
         r = outcome["report"]
         table = pd.DataFrame([
@@ -398,7 +399,7 @@ def build(backend: Backend):
                 f"leave-one-out, same queries before and after. It is now a backbone: pick it anywhere.")
         choices = session_models(session)
         yield (note, curve(), table, gr.Dropdown(choices=choices), gr.Dropdown(choices=choices),
-               gr.Dropdown(choices=choices, value=r.name), gr.CheckboxGroup(choices=choices))
+               gr.Dropdown(choices=choices, value=r.name), gr.CheckboxGroup(choices=choices), session)
 
     def model_lists(session=None):
         choices = session_models(session)
@@ -631,8 +632,8 @@ def build(backend: Backend):
         b_results.select(why_match, [compare_query, b_results, b_backbone, b_pooling, default_whiten, session],
                          [cwhy_panel, cwhy_query, cwhy_result, cwhy_note], **private)
         adapt_button.click(adapt_run, [adapt_method, adapt_epochs, adapt_base, session],
-                           [adapt_status, adapt_curve, adapt_table, backbone, a_backbone, b_backbone, eval_backbones],
-                           api_name="adapt")
+                           [adapt_status, adapt_curve, adapt_table, backbone, a_backbone, b_backbone, eval_backbones,
+                            session], api_name="adapt")
         cancel_button.click(adapt_cancel, None, adapt_status, queue=False, **private)
         ui.load(refresh, [session], [browse, info], **private)
         ui.load(model_lists, [session], [backbone, a_backbone, b_backbone, eval_backbones], **private)

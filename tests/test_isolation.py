@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import urllib.error
 import urllib.parse
@@ -114,3 +115,17 @@ def test_files_cannot_be_read_by_guessing_paths_or_hashes(sessions, app_url, pho
         if path.exists() and path.is_file() and path == real:
             continue
         assert _status(app_url, str(path)) in (403, 404), path
+
+
+def test_a_model_trained_in_one_session_is_not_offered_to_another(sessions, app_url):
+    from gradio_client.exceptions import AppError
+
+    a, b = sessions["A"]["client"], sessions["B"]["client"]
+    result = a.predict("head", 10, "efficientnet-lite1", api_name="/adapt")
+    status = result[0]
+    name = re.search(r"\*\*(head-lite1-[0-9a-f]+)\*\*", status).group(1)
+    query = handle_file(str(sessions["A"]["queries"][0]))
+    found, _ = a.predict(query, name, k=1, api_name="/search")  # the trainer can use it
+    assert _sha(found[0]["image"]) in sessions["A"]["hashes"]
+    with pytest.raises(AppError, match="not in the list of choices|unknown or unavailable backbone"):
+        b.predict(query, name, k=1, api_name="/search")
