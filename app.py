@@ -359,13 +359,19 @@ def build(backend: Backend):
         history: list[dict] = []
         outcome: dict = {}
 
+        position: dict = {}
+
         def on_epoch(epoch, planned, logs):
             history.append({"epoch": epoch, **logs})
+
+        def on_batch(epoch, batch, steps):
+            position.update(epoch=epoch, batch=batch, steps=steps)
 
         def work():
             try:
                 outcome["report"] = studio.adapt(collection, AdaptConfig(method=method, epochs=int(epochs)),
-                                                 ExtractorConfig(backbone=base_backbone), on_epoch=on_epoch, cancel=cancel)
+                                                 ExtractorConfig(backbone=base_backbone), on_epoch=on_epoch, cancel=cancel,
+                                                 on_batch=on_batch)
             except Exception as exc:  # reported in the page below
                 outcome["error"] = exc
 
@@ -380,7 +386,8 @@ def build(backend: Backend):
         started = time.monotonic()
         while thread.is_alive():
             thread.join(1.0)
-            done = f"epoch {len(history)} of at most {int(epochs)}" if history else "preparing (reading vectors or decoding images)…"
+            done = (f"epoch {position['epoch']} of at most {int(epochs)}, batch {position['batch']}/{position['steps']}"
+                    if position else "preparing (reading vectors or decoding images)…")
             yield (f"**Training `{method}`** on your gallery: {done} · "
                    f"{time.monotonic() - started:.0f} s", curve(), gr.update(), *[gr.update()] * 4, session)
         adapt_cancels.pop(key, None)

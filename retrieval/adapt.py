@@ -41,6 +41,7 @@ import numpy as np
 
 METHODS = ("head", "finetune", "scratch")
 EpochCallback = Callable[[int, int, dict], None]  # (epoch done, epochs planned, logs)
+BatchCallback = Callable[[int, int, int], None]  # (epoch running, batch done, batches per epoch)
 
 
 class Cancelled(RuntimeError):
@@ -165,15 +166,19 @@ def _cosface_parts(keras, n_classes: int, cfg: AdaptConfig):
 
 
 def _fit(keras, model, train, val, cfg: AdaptConfig, on_epoch: EpochCallback | None,
-         cancel: threading.Event | None) -> TrainLog:
+         cancel: threading.Event | None, on_batch: BatchCallback | None = None) -> TrainLog:
     """model.fit with early stopping, per-epoch reports and cancellation between batches."""
     log = TrainLog()
     started = time.perf_counter()
+
+    steps = -(-len(train[0]) // cfg.effective_batch)
 
     class Watch(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             if cancel is not None and cancel.is_set():
                 self.model.stop_training = True
+            if on_batch is not None:
+                on_batch(len(log.history) + 1, batch + 1, steps)
 
         def on_epoch_end(self, epoch, logs=None):
             entry = {"epoch": epoch + 1, **{k: round(float(v), 5) for k, v in (logs or {}).items()}}
@@ -196,7 +201,8 @@ def _fit(keras, model, train, val, cfg: AdaptConfig, on_epoch: EpochCallback | N
 # -- (a) the head on cached embeddings ------------------------------------------
 def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: AdaptConfig = AdaptConfig(),
                val: tuple[np.ndarray, np.ndarray] | None = None, on_epoch: EpochCallback | None = None,
-               cancel: threading.Event | None = None) -> tuple[dict[str, np.ndarray], TrainLog]:
+               cancel: threading.Event | None = None,
+               on_batch: BatchCallback | None = None) -> tuple[dict[str, np.ndarray], TrainLog]:
     """Fit the head; returns its weights as plain arrays (applied by ``apply_head``)."""
     keras = _keras()
     keras.utils.set_random_seed(cfg.seed)
@@ -213,7 +219,7 @@ def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: AdaptConfig = 
     proxies, loss = _cosface_parts(keras, n_classes, cfg)
     model = keras.Model(inputs, proxies(z))
     model.compile(keras.optimizers.AdamW(cfg.effective_lr, weight_decay=cfg.weight_decay), loss, metrics=["accuracy"])
-    log = _fit(keras, model, (x - mean, y), (val[0] - mean, val[1]), cfg, on_epoch, cancel)
+    log = _fit(keras, model, (x - mean, y), (val[0] - mean, val[1]), cfg, on_epoch, cancel, on_batch)
     hidden, project = model.get_layer("hidden"), model.get_layer("project")
     weights = {"mean": mean, "w1": np.asarray(hidden.kernel), "b1": np.asarray(hidden.bias),
                "w2": np.asarray(project.kernel), "b2": np.asarray(project.bias)}
@@ -279,7 +285,7 @@ def build_finetune(keras, features, cfg: AdaptConfig, pooling: str = "gem", gem_
 
 def train_images(embedder, images: np.ndarray, y: np.ndarray, n_classes: int, cfg: AdaptConfig,
                  val: tuple[np.ndarray, np.ndarray], on_epoch: EpochCallback | None = None,
-                 cancel: threading.Event | None = None) -> TrainLog:
+                 cancel: threading.Event | None = None, on_batch: BatchCallback | None = None) -> TrainLog:
     """Train an image -> unit-vector model (scratch or fine-tune) with augmentation and CosFace."""
     keras = _keras()
     keras.utils.set_random_seed(cfg.seed)
@@ -289,7 +295,7 @@ def train_images(embedder, images: np.ndarray, y: np.ndarray, n_classes: int, cf
     model = keras.Model(inputs, proxies(embedder(_augmentation(keras, size, cfg.seed)(inputs))))
     model.compile(keras.optimizers.AdamW(cfg.effective_lr, weight_decay=cfg.weight_decay), loss, metrics=["accuracy"])
     return _fit(keras, model, (np.asarray(images, np.float32), y), (np.asarray(val[0], np.float32), val[1]),
-                cfg, on_epoch, cancel)
+                cfg, on_epoch, cancel, on_batch)
 
 
 def save_weights(model, tmp_dir: Path | None = None) -> bytes:

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .adapt import AdaptConfig, EpochCallback
+from .adapt import AdaptConfig, BatchCallback, EpochCallback
 from .backbones import REGISTRY, Backbone, get_spec
 from .backbones.adapted import HeadBackbone, spec_for
 from .config import ExtractorConfig, SearchConfig
@@ -608,7 +608,8 @@ class Studio:
 
     def adapt(self, collection: str, acfg: AdaptConfig = AdaptConfig(), base: ExtractorConfig = ExtractorConfig(),
               scfg: SearchConfig = SearchConfig(rerank="none"), on_epoch: EpochCallback | None = None,
-              cancel: threading.Event | None = None, name: str | None = None) -> AdaptReport:
+              cancel: threading.Event | None = None, name: str | None = None,
+              on_batch: BatchCallback | None = None) -> AdaptReport:
         """Train a model for a labelled collection and register it as a new backbone.
 
         The labelled images are split by image (stratified): ``test_fraction``
@@ -649,7 +650,8 @@ class Studio:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         if acfg.method == "head":
             weights, log = A.train_head(gallery.vectors[fit_rows], y[fit_rows], len(classes), acfg,
-                                        val=(gallery.vectors[val_rows], y[val_rows]), on_epoch=on_epoch, cancel=cancel)
+                                        val=(gallery.vectors[val_rows], y[val_rows]), on_epoch=on_epoch, cancel=cancel,
+                                        on_batch=on_batch)
             after_vectors = A.apply_head(weights, gallery.vectors[held])
             params, input_size, dim = A.pack(weights), base.input_size, acfg.dim
         else:
@@ -663,10 +665,9 @@ class Studio:
             train_px = self._pixels([members[r] for r in fit_rows], size)
             val_px = self._pixels([members[r] for r in val_rows], size)
             log = A.train_images(embedder, train_px, y[fit_rows], len(classes), acfg, (val_px, y[val_rows]),
-                                 on_epoch, cancel)
+                                 on_epoch, cancel, on_batch)
             test_px = self._pixels([members[r] for r in held], size)
-            after_vectors = np.concatenate([np.asarray(embedder.predict_on_batch(test_px[i:i + 64].astype(np.float32)))
-                                            for i in range(0, len(test_px), 64)])
+            after_vectors = np.asarray(embedder.predict(test_px.astype(np.float32), batch_size=64, verbose=0))
             params, input_size, dim = A.save_weights(embedder, tmp_dir), size, acfg.dim if acfg.method == "finetune" else 512
         after = figures(after_vectors)
         name = name or f"{acfg.method}-{base.backbone.replace('efficientnet-', '')}-{secrets.token_hex(3)}"

@@ -47,8 +47,15 @@ class KerasImageBackbone(Backbone):
     def embed(self, images: np.ndarray) -> np.ndarray:
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
+        from .keras_model import _bucket
+
+        n = len(images)
+        x = np.asarray(images, np.float32)
+        size = _bucket(n, 32)  # a few fixed batch shapes: no retracing per query
+        if n < size:
+            x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], np.float32)])
         with self._lock:
-            return np.asarray(self.model.predict_on_batch(np.asarray(images, np.float32)), np.float32)
+            return np.asarray(self.model.predict_on_batch(x), np.float32)[:n]
 
 
 def spec_for(row: dict, base_backbone: Callable[[dict], Backbone], load_params: Callable[[], bytes]) -> BackboneSpec:
