@@ -60,6 +60,23 @@ def _label_from_parts(parts: tuple[str, ...]) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
+def _read_capped(fh, cap: int, chunk: int = 1 << 20) -> bytes:
+    """Read at most ``cap`` bytes in small pieces.
+
+    One ``read(cap)`` would let zipfile inflate up to ``cap`` bytes in one
+    go even when the header lies about the size; small reads keep a lying
+    bomb's cost at one chunk before its CRC check fails.
+    """
+    parts, total = [], 0
+    while total < cap:
+        piece = fh.read(min(chunk, cap - total))
+        if not piece:
+            break
+        parts.append(piece)
+        total += len(piece)
+    return b"".join(parts)
+
+
 def _zip_entries(archive: Path, display: str, limits: Limits, intake: Intake) -> Iterator[tuple[str, str | None, bytes]]:
     try:
         zf = zipfile.ZipFile(archive)
@@ -93,7 +110,7 @@ def _zip_entries(archive: Path, display: str, limits: Limits, intake: Intake) ->
                 continue
             try:
                 with zf.open(info) as fh:
-                    data = fh.read(limits.max_file_bytes + 1)  # never trust the declared size
+                    data = _read_capped(fh, limits.max_file_bytes + 1)  # never trust the declared size
             except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
                 intake.skipped.append(Skipped(shown, f"cannot extract: {exc}"))
                 continue
