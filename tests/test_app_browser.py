@@ -52,17 +52,26 @@ def _shot(page, name: str) -> None:
         page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
-def _upload(page, component: str, path) -> None:
+def _upload(page, component: str, path, shows: str | None = None) -> None:
     """Choose a file the way a person does: click the drop zone, answer the file chooser.
 
     (Setting files on the hidden input directly raced with Gradio mounting the
     tab's components and occasionally went nowhere.)
     """
-    target = page.locator(component).get_by_text("Click to Upload").first
-    target.wait_for(state="visible")
-    with page.expect_file_chooser() as chooser:
-        target.click()
-    chooser.value.set_files(str(path))
+    for attempt in range(3):
+        target = page.locator(component).get_by_text("Click to Upload").first
+        target.wait_for(state="visible")
+        with page.expect_file_chooser() as chooser:
+            target.click()
+        chooser.value.set_files(str(path))
+        if shows is None:
+            return
+        try:  # the file is listed once the upload landed; a page still mounting may drop it: choose again
+            page.locator(f"{component}:has-text('{shows}')").wait_for(timeout=20_000)
+            return
+        except Exception:
+            if attempt == 2:
+                raise
 
 
 def _tab(page, name: str, ready: str) -> None:
@@ -87,8 +96,7 @@ def test_upload_a_query_and_see_results(page):
 
 def test_upload_a_gallery_zip(page, gallery_zip):
     _tab(page, "Gallery", "#gallery-upload")
-    _upload(page, "#gallery-upload", gallery_zip)
-    page.locator("#gallery-upload:has-text('upload.zip')").wait_for()
+    _upload(page, "#gallery-upload", gallery_zip, shows="upload.zip")
     page.locator("#add-button").click()
     summary = page.locator("#upload-summary")
     summary.locator("strong:has-text('3 added')").wait_for()  # the summary, not the progress bar
@@ -173,8 +181,7 @@ def fashion_zip(tmp_path):
 def test_adapt_a_labelled_upload_then_compare_side_by_side(page, fashion_zip):
     """As a new user: upload a labelled zip, train a head, see the held-out table, compare with the original."""
     _tab(page, "Gallery", "#gallery-upload")
-    _upload(page, "#gallery-upload", fashion_zip)
-    page.locator("#gallery-upload:has-text('fashion.zip')").wait_for()
+    _upload(page, "#gallery-upload", fashion_zip, shows="fashion.zip")
     page.locator("#add-button").click()
     page.locator("#upload-summary strong:has-text('96 added')").wait_for()
     _tab(page, "Adapt", "#adapt-button")
@@ -187,7 +194,7 @@ def test_adapt_a_labelled_upload_then_compare_side_by_side(page, fashion_zip):
     cells = [c.inner_text() for c in table.locator("[role=gridcell]").all()]
     before, after = float(cells[cells.index(next(c for c in cells if c.startswith("before"))) + 1]), \
         float(cells[cells.index(next(c for c in cells if c.startswith("after"))) + 1])
-    assert 0.0 < before < 1.0 and 0.0 < after <= 1.0
+    assert 0.0 < before < after <= 1.0  # seeded split and training: the rise is reproducible
     _shot(page, "adapt.png")
     # the new model is B in Compare at once
     _tab(page, "Compare", "#compare-query")
