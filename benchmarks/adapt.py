@@ -26,8 +26,7 @@ import numpy as np
 from retrieval import adapt as A
 from retrieval.evaluation import leave_one_out
 from retrieval.pooling import l2_normalize
-from retrieval.ranking import Ranker
-from retrieval.whitening import fit_centering
+from retrieval.ranking import build_ranker
 
 from . import fashion_mnist
 from .fashion_full import vectors_path
@@ -36,8 +35,7 @@ from .quality import to_inputs
 
 def loo_map(vectors: np.ndarray, labels: list[str]) -> dict:
     started = time.perf_counter()
-    whitening = fit_centering(vectors)
-    ranker = Ranker(vectors, "cosine", "none", whitening)
+    ranker = build_ranker(vectors, whiten="center")
     report = leave_one_out(labels, lambda rows, ex: ranker.full_order(vectors[rows], ex))
     return {"map": round(report.map, 4), "p_at_1": round(report.p_at[1], 4), "p_at_10": round(report.p_at[10], 4),
             "eval_s": round(time.perf_counter() - started, 1)}

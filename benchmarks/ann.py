@@ -54,33 +54,41 @@ def clustered(n: int, dim: int, clusters: int, noise: float, rng, latent: int = 
     return out
 
 
-def real(queries: int, nprobes: list[int]) -> dict:
+def sweep(gallery: np.ndarray, queries: np.ndarray, nprobes: list[int]) -> dict:
+    """Build the index, then recall@10 against exact search and per-query latency for each nprobe."""
     from retrieval.ann import nprobe_for
 
-    from .fashion_full import vectors_path
-
-    gallery = l2_normalize(np.load(vectors_path("efficientnet-lite1", "gem3", "train")))
-    test = l2_normalize(np.load(vectors_path("efficientnet-lite1", "gem3", "t10k")))[:queries]
     ids = np.arange(len(gallery), dtype=np.int64)
     t = time.perf_counter()
     ann = AnnIndex.build(ids, gallery)
     build_s = time.perf_counter() - t
     exact = Ranker(gallery, "cosine")
-    truth = exact.search(test, K).indices
-    exact_ms = median_latency_ms(lambda q: exact.search(q, K), test)
+    truth = exact.search(queries, K).indices
+    exact_ms = median_latency_ms(lambda q: exact.search(q, K), queries)
     approx = Ranker(gallery, "cosine", ann=ann, ids=ids)
     default = nprobe_for(ann.index.nlist)
     points = []
-    for nprobe in sorted(set(nprobes) | {default}):
+    for nprobe in nprobes:
         ann.nprobe = nprobe
-        found = approx.search(test, K).indices
+        found = approx.search(queries, K).indices
         recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)]))
-        ms = median_latency_ms(lambda q: approx.search(q, K), test)
+        ms = median_latency_ms(lambda q: approx.search(q, K), queries)
         points.append({"nprobe": nprobe, "default": nprobe == default, "recall_at_10": round(recall, 4),
                        "ms": round(ms, 3), "speedup": round(exact_ms / ms, 1)})
-        print(json.dumps(points[-1]), flush=True)
-    return {"command": f"python -m benchmarks.ann --real --queries {queries}", "n": len(gallery), "queries": len(test),
-            "nlist": ann.index.nlist, "build_s": round(build_s, 1), "exact_ms": round(exact_ms, 2), "points": points}
+        print(json.dumps({"n": len(gallery), **points[-1]}), flush=True)
+    return {"n": len(gallery), "nlist": ann.index.nlist, "build_s": round(build_s, 1), "exact_ms": round(exact_ms, 2),
+            "points": points}
+
+
+def real(queries: int, nprobes: list[int]) -> dict:
+    from retrieval.ann import nlist_for, nprobe_for
+
+    from .fashion_full import vectors_path
+
+    gallery = l2_normalize(np.load(vectors_path("efficientnet-lite1", "gem3", "train")))
+    test = l2_normalize(np.load(vectors_path("efficientnet-lite1", "gem3", "t10k")))[:queries]
+    result = sweep(gallery, test, sorted(set(nprobes) | {nprobe_for(nlist_for(len(gallery)))}))
+    return {"command": f"python -m benchmarks.ann --real --queries {queries // 10}", "queries": len(test), **result}
 
 
 def main() -> None:
@@ -104,28 +112,10 @@ def main() -> None:
     results = []
     for n in map(int, args.sizes.split(",")):
         gallery = clustered(n, args.dim, max(1, n // args.per_cluster), args.noise, rng)
-        ids = np.arange(n, dtype=np.int64)
         queries = l2_normalize(gallery[rng.integers(0, n, args.queries)]
                                + 0.01 * rng.standard_normal((args.queries, args.dim), dtype=np.float32))
-        t = time.perf_counter()
-        ann = AnnIndex.build(ids, gallery)
-        build_s = time.perf_counter() - t
-        exact = Ranker(gallery, "cosine")
-        truth = exact.search(queries, K).indices
-        exact_ms = median_latency_ms(lambda q: exact.search(q, K), queries)
-        approx = Ranker(gallery, "cosine", ann=ann, ids=ids)
-        points = []
-        for nprobe in map(int, args.nprobes.split(",")):
-            ann.nprobe = nprobe
-            found = approx.search(queries, K).indices
-            recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)]))
-            ms = median_latency_ms(lambda q: approx.search(q, K), queries)
-            points.append({"nprobe": nprobe, "recall_at_10": round(recall, 4), "ms": round(ms, 3),
-                           "speedup": round(exact_ms / ms, 1)})
-            print(json.dumps({"n": n, **points[-1]}), flush=True)
-        results.append({"n": n, "nlist": ann.index.nlist, "build_s": round(build_s, 1), "exact_ms": round(exact_ms, 2),
-                        "points": points})
-        gallery = exact = approx = ann = None  # free memory before the next size
+        results.append(sweep(gallery, queries, [int(p) for p in args.nprobes.split(",")]))
+        gallery = None  # free memory before the next size
     out = {"command": f"python -m benchmarks.ann --sizes {args.sizes}", "dim": args.dim, "per_cluster": args.per_cluster,
            "noise": args.noise, "queries": args.queries, "k": K, "results": results}
     Path(args.out).write_text(json.dumps(out, indent=2))

@@ -26,8 +26,7 @@ from retrieval.backbones import REGISTRY
 from retrieval.device import resolve
 from retrieval.evaluation import query_gallery
 from retrieval.pooling import l2_normalize, pool
-from retrieval.ranking import Ranker, database_augmentation
-from retrieval.whitening import fit, fit_whitening
+from retrieval.ranking import build_ranker
 
 from . import fashion_mnist
 from .quality import to_inputs
@@ -89,11 +88,7 @@ def evaluate_one(queries: np.ndarray, gallery: np.ndarray, q_labels: list[str], 
                  metric: str = "cosine", whiten: str = "none", rerank: str = "none", limit: int | None = None) -> dict:
     """One configuration, timed from fitting its transforms to the last query scored."""
     started = time.perf_counter()
-    whitening = fit(whiten, gallery)
-    space = whitening.apply(gallery) if whitening is not None else gallery
-    maha = fit_whitening(space) if metric == "mahalanobis" else None
-    dba = database_augmentation(space) if rerank == "dba" else None
-    ranker = Ranker(gallery, metric, rerank, whitening, maha, dba)
+    ranker = build_ranker(gallery, metric, rerank, whiten)
     prepared = time.perf_counter() - started
     queries, q_labels = queries[:limit], q_labels[:limit]
     report = query_gallery(q_labels, g_labels, lambda rows: ranker.keys(queries[rows]), chunk=500)

@@ -22,8 +22,7 @@ from retrieval.backbones import REGISTRY
 from retrieval.device import resolve
 from retrieval.evaluation import exact_duplicate_groups, leave_one_out
 from retrieval.pooling import l2_normalize, pool
-from retrieval.ranking import Ranker, database_augmentation
-from retrieval.whitening import fit, fit_whitening
+from retrieval.ranking import build_ranker
 
 from . import fashion_mnist
 
@@ -35,11 +34,7 @@ def to_inputs(images: np.ndarray, size: int) -> np.ndarray:
 
 def evaluate(vectors: np.ndarray, labels: list[str], metric="cosine", rerank="none", whiten="none") -> dict:
     started = time.perf_counter()
-    whitening = fit(whiten, vectors)
-    space = whitening.apply(vectors) if whitening is not None else vectors
-    maha = fit_whitening(space) if metric == "mahalanobis" else None
-    dba = database_augmentation(space) if rerank == "dba" else None
-    ranker = Ranker(vectors, metric, rerank, whitening, maha, dba)
+    ranker = build_ranker(vectors, metric, rerank, whiten)
     report = leave_one_out(labels, lambda rows, ex: ranker.full_order(vectors[rows], ex), exact_duplicate_groups(vectors))
     return {"map": round(report.map, 4), "p_at_1": round(report.p_at[1], 4), "p_at_10": round(report.p_at[10], 4),
             "r_at_10": round(report.r_at[10], 4), "seconds": round(time.perf_counter() - started, 2)}

@@ -218,3 +218,18 @@ class Ranker:
     def full_order(self, queries: np.ndarray, exclude: list[np.ndarray] | None = None) -> np.ndarray:
         """Every gallery row, best first, per query (for evaluation)."""
         return np.argsort(-self.keys(queries, exclude), axis=1, kind="stable")
+
+
+def build_ranker(gallery: np.ndarray, metric: str = "cosine", rerank: str = "none", whiten: str = "none") -> Ranker:
+    """A ranker with every transform fitted on this gallery, nothing cached.
+
+    For evaluation and benchmarks; the service keeps its fitted transforms
+    in the store instead, per collection and generation.
+    """
+    from .whitening import fit, fit_whitening
+
+    whitening = fit(whiten, gallery)
+    space = whitening.apply(gallery) if whitening is not None else np.asarray(gallery, np.float32)
+    mahalanobis = fit_whitening(space) if metric == "mahalanobis" else None
+    dba = database_augmentation(space) if rerank == "dba" else None
+    return Ranker(gallery, metric, rerank, whitening, mahalanobis, dba)

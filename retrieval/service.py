@@ -28,7 +28,7 @@ from .evaluation import Agreement, EvalReport, agreement, exact_duplicate_groups
 from .extract import Prepared, default_workers, embed_batches, ordered_map, prepare
 from .files import SourceFile, Skipped, read_labels_csv, scan_folder
 from .pooling import l2_normalize
-from .ranking import Ranker, database_augmentation
+from .ranking import Ranker, build_ranker, database_augmentation
 from .settings import Limits, default_db
 from .store import Gallery, NewMember, Store
 from .whitening import Whitening, fit_whitening
@@ -638,10 +638,7 @@ class Studio:
         test_labels = [labels[r] for r in held]
 
         def figures(vectors: np.ndarray) -> EvalReport:
-            whitening = fit_postprocess(scfg.whiten, vectors)
-            ranker = Ranker(vectors, scfg.metric, scfg.rerank, whitening,
-                            fit_whitening(whitening.apply(vectors) if whitening else vectors)
-                            if scfg.metric == "mahalanobis" else None)
+            ranker = build_ranker(vectors, scfg.metric, scfg.rerank, scfg.whiten)
             return leave_one_out(test_labels, lambda rows, ex: ranker.full_order(vectors[rows], ex),
                                  exact_duplicate_groups(vectors))
 
