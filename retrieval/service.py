@@ -602,7 +602,10 @@ class Studio:
     def _pixels(self, members, size: int) -> np.ndarray:
         """Decode members' files at ``size`` (for the image-training methods)."""
         def work(m):
-            return decode(m.path, size, self.limits).pixels
+            try:
+                return decode(m.path, size, self.limits).pixels
+            except DecodeError as exc:
+                raise ServiceError(f"cannot read {m.name} for training: {exc}") from None
 
         return np.stack(list(ordered_map(work, members, self.workers, prefetch=4 * self.workers)))
 
@@ -621,9 +624,11 @@ class Studio:
 
         started = time.perf_counter()
         base = base.resolved()
+        if name is not None and name in REGISTRY:
+            raise ServiceError(f"a model named {name!r} exists already")
         if get_spec(base.backbone).family != "cnn":
             raise ServiceError("adapt starts from a CNN backbone (a pretrained one, or any for 'scratch')")
-        cid, _, gallery = self.gallery(collection, base)
+        _, _, gallery = self.gallery(collection, base)
         labels = gallery.labels
         rest, held = A.split_by_image(labels, acfg.test_fraction, acfg.seed)
         fit_rows, val_rows = (rest[i] for i in A.split_by_image([labels[r] for r in rest], acfg.val_fraction, acfg.seed))
@@ -668,8 +673,6 @@ class Studio:
             params, input_size, dim = A.save_weights(embedder, tmp_dir), size, acfg.dim if acfg.method == "finetune" else 512
         after = figures(after_vectors)
         name = name or f"{acfg.method}-{base.backbone.replace('efficientnet-', '')}-{secrets.token_hex(3)}"
-        if name in REGISTRY:
-            raise ServiceError(f"a model named {name!r} exists already")
         report = AdaptReport(name, acfg.method, collection, before.map, after.map, before.p_at[1], after.p_at[1],
                              len(fit_rows), len(val_rows), before.queries, time.perf_counter() - started, log.to_json(),
                              acfg.to_json(), base.key)
