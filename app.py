@@ -566,7 +566,7 @@ def build(backend: Backend):
                                     object_fit="contain", allow_preview=False)
                 selected_path = gr.State(None)
                 with gr.Row():
-                    selected_note = gr.Markdown("Click an image to select it.")
+                    selected_note = gr.Markdown("Click an image to select it.", elem_id="selected-note")
                     use_button = gr.Button("Use as query", elem_id="use-as-query")
                     remove_button = gr.Button("Remove selected", variant="stop", elem_id="remove-button")
                     reset_button = gr.Button("Reset to demo gallery", elem_id="reset-button")

@@ -203,3 +203,11 @@ def test_adapt_a_labelled_upload_then_compare_side_by_side(page, fashion_zip):
     page.locator("#compare-button").click()
     page.locator("#compare-agreement:has-text('overlap@8')").wait_for()
     assert "head-lite1-" in page.locator("#compare-b").inner_text() or page.locator("#compare-b img").count() == 8
+
+
+def test_clicking_a_gallery_image_makes_it_the_query(page):
+    _tab(page, "Gallery", "#gallery-browser")
+    page.locator("#gallery-browser img").first.click()
+    page.locator("#selected-note:has-text('it is now the query')").wait_for()
+    _tab(page, "Search", "#query-image")
+    page.locator("#query-image img").first.wait_for()
