@@ -410,6 +410,8 @@ def build(backend: Backend):
 
     def model_lists(session=None):
         choices = session_models(session)
+        if choices == model_choices:  # nothing trained here: leave the page's components alone while it mounts
+            return (gr.skip(),) * 4
         return (gr.Dropdown(choices=choices), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices),
                 gr.CheckboxGroup(choices=choices))
 

@@ -58,20 +58,18 @@ def _upload(page, component: str, path, shows: str | None = None) -> None:
     (Setting files on the hidden input directly raced with Gradio mounting the
     tab's components and occasionally went nowhere.)
     """
-    for attempt in range(3):
-        target = page.locator(component).get_by_text("Click to Upload").first
-        target.wait_for(state="visible")
-        with page.expect_file_chooser() as chooser:
-            target.click()
-        chooser.value.set_files(str(path))
-        if shows is None:
-            return
-        try:  # the file is listed once the upload landed; a page still mounting may drop it: choose again
-            page.locator(f"{component}:has-text('{shows}')").wait_for(timeout=20_000)
-            return
-        except Exception:
-            if attempt == 2:
-                raise
+    target = page.locator(component).get_by_text("Click to Upload").first
+    target.wait_for(state="visible")
+    with page.expect_file_chooser() as chooser:
+        target.click()
+    chooser.value.set_files(str(path))
+    if shows is None:
+        return
+    try:  # listed once the upload landed
+        page.locator(f"{component}:has-text('{shows}')").wait_for(timeout=30_000)
+    except Exception:  # a page still mounting may drop the chosen file: hand it to the input directly
+        page.locator(f"{component} input[type=file]").first.set_input_files(str(path))
+        page.locator(f"{component}:has-text('{shows}')").wait_for()
 
 
 def _tab(page, name: str, ready: str) -> None:
