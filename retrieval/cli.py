@@ -276,9 +276,8 @@ def cmd_adapt(args) -> int:
 def cmd_explain(args) -> int:
     from PIL import Image
 
-    for path in (args.query,):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"no such image: {path}")
+    if not Path(args.query).is_file():
+        raise FileNotFoundError(f"no such image: {args.query}")
     studio = _studio(args)
     scfg = C.SearchConfig(whiten=args.whiten, rerank="none")
     explanation, left, right = studio.explain(args.query, args.result, args.collection, _extractor(args), scfg)

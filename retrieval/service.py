@@ -560,7 +560,8 @@ class Studio:
         from .explain import pca_2d
 
         ranker, gallery = self.ranker(collection, cfg, scfg)
-        key = ("map", id(ranker))
+        # what the projected space depends on (an object id could be reused after the ranker is dropped)
+        key = (collection, cfg.resolved().key, scfg.whiten, scfg.rerank, gallery.generation)
         with self._lock:
             cached = self._maps.get(key)
         if cached is None:
