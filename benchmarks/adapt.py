@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from retrieval import adapt as A
+from retrieval.device import import_keras
 from retrieval.evaluation import leave_one_out
-from retrieval.pooling import l2_normalize
+from retrieval.pooling import DEFAULT_GEM_P, l2_normalize
 from retrieval.ranking import build_ranker
 
 from . import fashion_mnist
@@ -101,7 +102,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         save("head", model="lite1 GeM vectors -> 512 -> 128, CosFace", train_images=len(fit), train_s=round(seconds, 1),
              epochs=len(log.history), best_epoch=log.best_epoch, **loo_map(A.apply_head(weights, xtest), test_labels))
-    keras = A._keras()
+    keras = import_keras()
     if "scratch" in methods:
         cfg = A.AdaptConfig(method="scratch", epochs=args.scratch_epochs, scratch_size=32)
         fit, val = A.split_by_image([str(v) for v in train_y], 0.1, 0)
@@ -120,7 +121,7 @@ def main() -> None:
         cfg = A.AdaptConfig(method="finetune", epochs=args.finetune_epochs, finetune_blocks=2)
         subset = balanced(train_y, args.finetune_images)
         fit, val = A.split_by_image([str(v) for v in train_y[subset]], 0.1, 0)
-        base = REGISTRY["efficientnet-lite1"].build("gem", 3.0, resolve("cpu"))
+        base = REGISTRY["efficientnet-lite1"].build("gem", DEFAULT_GEM_P, resolve("cpu"))
         model = A.build_finetune(keras, base.feature_model, cfg)
         x = to_inputs(train_images[subset], 240)
         started = time.perf_counter()

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.backbones import REGISTRY
+from retrieval.config import RERANKS, WHITENINGS
 from retrieval.device import resolve
 from retrieval.evaluation import query_gallery
-from retrieval.pooling import l2_normalize, pool
+from retrieval.pooling import DEFAULT_GEM_P, l2_normalize, pool
 from retrieval.ranking import build_ranker
 
 from . import fashion_mnist
@@ -60,7 +61,7 @@ def extract(backbones: list[str]) -> None:
                 vectors = np.concatenate(chunks).astype(np.float32)
                 np.save(vectors_path(name, "none", split), vectors)
             else:
-                backbone = spec.build("gap", 3.0, placement)
+                backbone = spec.build("gap", DEFAULT_GEM_P, placement)  # pooled below, three ways
                 out = {p: np.empty((len(images), spec.dim), np.float32) for p, _ in POOLINGS}
                 for i in range(0, len(images), BATCH):
                     maps = backbone.feature_maps(to_inputs(images[i:i + BATCH], spec.input_size))
@@ -113,8 +114,8 @@ def configurations(backbones: list[str]) -> list[tuple[str, str, dict]]:
     if "efficientnet-lite1" in backbones:
         rows += [(*default, {"metric": "euclidean"}), (*default, {"metric": "euclidean", "whiten": "center"}),
                  (*default, {"whiten": "pca"})]
-        for whiten in ("none", "center", "pca"):
-            rows += [(*default, {"whiten": whiten, "rerank": "qe"}), (*default, {"whiten": whiten, "rerank": "dba"})]
+        for whiten in WHITENINGS:
+            rows += [(*default, {"whiten": whiten, "rerank": rerank}) for rerank in RERANKS if rerank != "none"]
         # cityblock distances cost a (q, n, D) pass in scipy: 1000 queries, stated in the table
         rows += [(*default, {"metric": "manhattan", "limit": 1000}),
                  (*default, {"metric": "manhattan", "whiten": "center", "limit": 1000}),

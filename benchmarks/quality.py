@@ -16,20 +16,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from retrieval.backbones import REGISTRY
+from retrieval.config import METRICS, RERANKS, WHITENINGS
+from retrieval.decode import to_pixels
 from retrieval.device import resolve
 from retrieval.evaluation import exact_duplicate_groups, leave_one_out
-from retrieval.pooling import l2_normalize, pool
+from retrieval.pooling import DEFAULT_GEM_P, l2_normalize, pool
 from retrieval.ranking import build_ranker
 
 from . import fashion_mnist
 
 
 def to_inputs(images: np.ndarray, size: int) -> np.ndarray:
-    """Grey 28x28 -> RGB size x size, resized exactly as ``decode`` does."""
-    return np.stack([np.asarray(Image.fromarray(im).convert("RGB").resize((size, size), Image.BILINEAR)) for im in images])
+    """Grey 28x28 -> RGB size x size, as the studio prepares an image in memory (``decode.to_pixels``)."""
+    return np.stack([to_pixels(im, size) for im in images])
 
 
 def evaluate(vectors: np.ndarray, labels: list[str], metric="cosine", rerank="none", whiten="none") -> dict:
@@ -71,7 +72,7 @@ def main() -> None:
     best = None
     for name in args.backbones.split(","):
         spec = REGISTRY[name]
-        backbone = spec.build("gap", 3.0, placement)
+        backbone = spec.build("gap", DEFAULT_GEM_P, placement)
         t = time.perf_counter()
         x = to_inputs(images, spec.input_size)
         maps = np.concatenate([backbone.feature_maps(x[i:i + 64]) for i in range(0, len(x), 64)])
@@ -88,7 +89,7 @@ def main() -> None:
 
     # Smaller inputs: faster extraction; does retrieval hold up?
     for name, size in (("efficientnet-lite1", 224), ("efficientnet-lite1", 192), ("efficientnet-lite0", 192)):
-        backbone = REGISTRY[name].build("gem", 3.0, placement, input_size=size)
+        backbone = REGISTRY[name].build("gem", DEFAULT_GEM_P, placement, input_size=size)
         x = to_inputs(images, size)
         backbone.embed(x[:64])
         t = time.perf_counter()
@@ -99,12 +100,13 @@ def main() -> None:
                **evaluate(vectors, names, whiten="center", rerank="qe"))
 
     _, label, vectors = best
-    for metric in ("euclidean", "mahalanobis", "manhattan"):
+    others = [m for m in METRICS if m != "cosine"]
+    for metric in others:
         record(f"{label} · {metric}", **evaluate(vectors, names, metric=metric))
-    for metric in ("euclidean", "mahalanobis", "manhattan"):
+    for metric in others:
         record(f"{label} · center · {metric}", **evaluate(vectors, names, metric=metric, whiten="center"))
-    for whiten in ("none", "center", "pca"):
-        for rerank in ("none", "qe", "dba"):
+    for whiten in WHITENINGS:
+        for rerank in RERANKS:
             if (whiten, rerank) == ("none", "none"):
                 continue
             record(f"{label} · cosine · {whiten} · {rerank}", **evaluate(vectors, names, rerank=rerank, whiten=whiten))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.backbones import resolve
 from retrieval.config import ExtractorConfig
 from retrieval.pooling import l2_normalize
 from retrieval.store import NewMember, Store
@@ -36,7 +37,7 @@ def main() -> None:
 
     path = Path(tempfile.mkdtemp(prefix="bench-store-")) / "s.sqlite"
     rng = np.random.default_rng(0)
-    cfg = ExtractorConfig().resolved()
+    cfg = resolve(ExtractorConfig())
     with Store(path) as store:
         cid = store.collection_id("bench", create=True)
         config_id = store.config_id(cfg, args.dim)

@@ -29,60 +29,38 @@ the test images never reach training, validation included.
 
 from __future__ import annotations
 
-import io
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-METHODS = ("head", "finetune", "scratch")
+# The trained models' definitions live with the backbones that serve them;
+# they are importable from here too, beside the training that makes them.
+from .backbones.adapted import (
+    METHODS,
+    AdaptConfig,
+    apply_head,
+    build_finetune,
+    build_scratch,
+    load_weights,
+    pack,
+    save_weights,
+    unpack,
+)
+from .device import import_keras
+
+__all__ = ["METHODS", "AdaptConfig", "BatchCallback", "Cancelled", "EpochCallback", "TrainLog", "apply_head",
+           "build_finetune", "build_scratch", "load_weights", "pack", "save_weights", "split_by_image", "train_head",
+           "train_images", "unpack"]
+
 EpochCallback = Callable[[int, int, dict], None]  # (epoch done, epochs planned, logs)
 BatchCallback = Callable[[int, int, int], None]  # (epoch running, batch done, batches per epoch)
 
 
 class Cancelled(RuntimeError):
     """Training was cancelled by the user; nothing was saved."""
-
-
-@dataclass(frozen=True)
-class AdaptConfig:
-    method: str = "head"
-    epochs: int = 30  # an upper bound: early stopping usually ends sooner
-    batch_size: int = 0  # 0: 256 for the head, 32 for image models
-    learning_rate: float = 0.0  # 0: 1e-3 for head and scratch, 1e-4 for fine-tuning
-    weight_decay: float = 1e-4
-    dim: int = 128
-    hidden: int = 512
-    dropout: float = 0.5
-    margin: float = 0.2
-    scale: float = 30.0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.3
-    patience: int = 3
-    seed: int = 0
-    finetune_blocks: int = 2  # top MBConv blocks unfrozen (plus the 1x1 head conv)
-    scratch_size: int = 64  # the seed CNN's input size
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.epochs < 1:
-            raise ValueError("epochs must be at least 1")
-
-    @property
-    def effective_batch(self) -> int:
-        return self.batch_size or (256 if self.method == "head" else 32)
-
-    @property
-    def effective_lr(self) -> float:
-        return self.learning_rate or (1e-4 if self.method == "finetune" else 1e-3)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -121,19 +99,6 @@ def split_by_image(labels: list[str | None], fraction: float, seed: int = 0) -> 
         held += rows[:n_held].tolist()
         rest += rows[n_held:].tolist()
     return np.sort(np.array(rest, np.int64)), np.sort(np.array(held, np.int64))
-
-
-def encode_labels(labels: list[str]) -> tuple[np.ndarray, list[str]]:
-    classes = sorted(set(labels))
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[l] for l in labels], np.int64), classes
-
-
-# -- Keras pieces (imported lazily: the engine loads without TensorFlow) ----------
-def _keras():
-    from .device import import_keras
-
-    return import_keras()
 
 
 def _cosface_parts(keras, n_classes: int, cfg: AdaptConfig):
@@ -204,7 +169,7 @@ def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: AdaptConfig = 
                cancel: threading.Event | None = None,
                on_batch: BatchCallback | None = None) -> tuple[dict[str, np.ndarray], TrainLog]:
     """Fit the head; returns its weights as plain arrays (applied by ``apply_head``)."""
-    keras = _keras()
+    keras = import_keras()
     keras.utils.set_random_seed(cfg.seed)
     x = np.asarray(x, np.float32)
     mean = x.mean(axis=0)
@@ -226,17 +191,6 @@ def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: AdaptConfig = 
     return {k: np.asarray(v, np.float32) for k, v in weights.items()}, log
 
 
-def apply_head(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """The trained head in numpy: (N, D) unit vectors -> (N, dim) unit vectors.
-
-    Plain matrix products, so an adapted gallery is re-embedded from its
-    cached vectors in milliseconds and gives identical vectors on reload.
-    """
-    h = np.maximum((np.asarray(x, np.float32) - weights["mean"]) @ weights["w1"] + weights["b1"], 0.0)
-    z = h @ weights["w2"] + weights["b2"]
-    return (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 # -- (b), (c) image models ---------------------------------------------------------
 def _augmentation(keras, size: int, seed: int):
     """Random crop (zoom in up to 15 %), flip, small rotation and colour jitter."""
@@ -249,45 +203,11 @@ def _augmentation(keras, size: int, seed: int):
     ], name="augment")
 
 
-def build_scratch(keras, cfg: AdaptConfig):
-    """The seed's CNN: (Conv-ReLU-MaxPool) x 3 with 32/64/128 filters, Dense 512, L2 on every kernel."""
-    reg = keras.regularizers.L2(cfg.weight_decay)
-    inputs = keras.Input((cfg.scratch_size, cfg.scratch_size, 3))
-    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
-    for filters in (32, 64, 128):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_regularizer=reg)(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(512, activation="relu", kernel_regularizer=reg)(x)
-    z = keras.layers.UnitNormalization(name="embedding")(x)
-    return keras.Model(inputs, z, name="seed_cnn")
-
-
-def build_finetune(keras, features, cfg: AdaptConfig, pooling: str = "gem", gem_p: float = 3.0):
-    """Backbone feature maps -> GeM -> Dense(dim) -> L2; only the top blocks train."""
-    from .backbones.keras_model import GlobalPooling
-
-    original = features  # shared with the base backbone: train and load a copy, never the original
-    features = keras.models.clone_model(original)
-    features.set_weights(original.get_weights())
-    blocks = sorted({int(l.name.split("_")[0][5:]) for l in features.layers if l.name.startswith("block")})
-    trainable = {f"block{b}_" for b in blocks[-cfg.finetune_blocks:]} if cfg.finetune_blocks else set()
-    for layer in features.layers:
-        is_bn = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = (not is_bn) and (layer.name.startswith("head_") or any(layer.name.startswith(t) for t in trainable))
-    inputs = keras.Input(features.input_shape[1:])
-    x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0)(inputs)  # efficientnet_lite.preprocess
-    x = features(x, training=False)  # BatchNorm in inference mode
-    x = GlobalPooling(pooling, gem_p)(x)
-    z = keras.layers.UnitNormalization(name="embedding")(keras.layers.Dense(cfg.dim, name="project")(x))
-    return keras.Model(inputs, z, name="finetuned")
-
-
 def train_images(embedder, images: np.ndarray, y: np.ndarray, n_classes: int, cfg: AdaptConfig,
                  val: tuple[np.ndarray, np.ndarray], on_epoch: EpochCallback | None = None,
                  cancel: threading.Event | None = None, on_batch: BatchCallback | None = None) -> TrainLog:
     """Train an image -> unit-vector model (scratch or fine-tune) with augmentation and CosFace."""
-    keras = _keras()
+    keras = import_keras()
     keras.utils.set_random_seed(cfg.seed)
     size = embedder.input_shape[1]
     inputs = keras.Input((size, size, 3))
@@ -296,29 +216,3 @@ def train_images(embedder, images: np.ndarray, y: np.ndarray, n_classes: int, cf
     model.compile(keras.optimizers.AdamW(cfg.effective_lr, weight_decay=cfg.weight_decay), loss, metrics=["accuracy"])
     return _fit(keras, model, (np.asarray(images, np.float32), y), (np.asarray(val[0], np.float32), val[1]),
                 cfg, on_epoch, cancel, on_batch)
-
-
-def save_weights(model, tmp_dir: Path | None = None) -> bytes:
-    """A Keras model's weights as bytes, for the store (Keras only writes files)."""
-    with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
-        path = Path(tmp) / "model.weights.h5"
-        model.save_weights(path)
-        return path.read_bytes()
-
-
-def load_weights(model, blob: bytes, tmp_dir: Path | None = None) -> None:
-    with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
-        path = Path(tmp) / "model.weights.h5"
-        path.write_bytes(blob)
-        model.load_weights(path)
-
-
-def pack(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def unpack(blob: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}

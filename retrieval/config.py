@@ -10,18 +10,27 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import distances, ranking, whitening
+from .pooling import DEFAULT_GEM_P
+
+if TYPE_CHECKING:
+    from .backbones.base import BackboneSpec
 
 # Chosen from benchmarks/quality.py on Fashion-MNIST (docs/quality.md); see README "Defaults".
 DEFAULT_BACKBONE = "efficientnet-lite1"
 DEFAULT_POOLING = "gem"
-DEFAULT_GEM_P = 3.0
 DEFAULT_METRIC = "cosine"
 DEFAULT_RERANK = "qe"
 DEFAULT_WHITEN = "center"
 
-METRICS = ("cosine", "euclidean", "mahalanobis", "manhattan")
-RERANKS = ("none", "qe", "dba")
-WHITENINGS = ("none", "center", "pca")  # see whitening.py
+# The choices, read from the registries that implement them: a new metric,
+# re-ranking or post-processing is one entry there and shows up here, in the
+# CLI and in the app.
+METRICS = tuple(distances.METRICS)
+RERANKS = tuple(ranking.RERANKS)
+WHITENINGS = tuple(whitening.FITTERS)
 INDEXES = ("auto", "exact", "ivf")  # "auto": the IVF index from ann.AUTO_THRESHOLD images on
 
 
@@ -33,11 +42,13 @@ class ExtractorConfig:
     input_size: int | None = None  # None: the backbone's native resolution
     weights: str = "imagenet"  # or a path to a local weights file
 
-    def resolved(self) -> "ExtractorConfig":
-        """Fill in what the backbone implies, so equal setups compare equal."""
-        from .backbones import get_spec
+    def resolved(self, spec: BackboneSpec) -> ExtractorConfig:
+        """Fill in what the backbone implies, so equal setups compare equal.
 
-        spec = get_spec(self.backbone)
+        The spec comes from whoever knows the backbones (``backbones.resolve``
+        for the built-in ones, a ``Studio``'s model registry for trained ones):
+        a configuration is a plain value and imports no model code.
+        """
         cfg = replace(self, input_size=self.input_size or spec.input_size)
         if spec.family != "cnn":  # hand-crafted or adapted: the model fixes size and pooling
             cfg = replace(cfg, pooling="none", gem_p=0.0, input_size=spec.input_size, weights="none")
@@ -66,10 +77,10 @@ class ExtractorConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    metric: str = DEFAULT_METRIC
+    metric: str = DEFAULT_METRIC  # one of distances.METRICS
     k: int = 10
-    rerank: str = DEFAULT_RERANK  # "qe" (alpha query expansion) or "dba"
-    whiten: str = DEFAULT_WHITEN  # "center" (subtract the gallery mean) or "pca" (PCA-whitening)
+    rerank: str = DEFAULT_RERANK  # one of ranking.RERANKS
+    whiten: str = DEFAULT_WHITEN  # post-processing: one of whitening.FITTERS
     index: str = "auto"  # "exact" search, the approximate "ivf" index, or "auto" by gallery size
 
     def __post_init__(self):

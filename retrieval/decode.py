@@ -69,6 +69,13 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
+def _squash(rgb: Image.Image, size: int | None) -> np.ndarray:
+    """RGB -> ``uint8`` pixels, squashed to ``size`` x ``size`` (the whole image stays in view)."""
+    if size is not None:
+        rgb = rgb.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
 def decode(data: bytes | str | Path, size: int | None = None, limits: Limits = Limits()) -> Decoded:
     """Bytes or a path -> upright RGB pixels, squashed to ``size`` x ``size``.
 
@@ -95,10 +102,7 @@ def decode(data: bytes | str | Path, size: int | None = None, limits: Limits = L
                     im.draft("RGB", (size, size))
                 im.load()
                 im = ImageOps.exif_transpose(im)
-                rgb = to_rgb(im)
-                if size is not None:
-                    rgb = rgb.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-                pixels = np.asarray(rgb, dtype=np.uint8)
+                pixels = _squash(to_rgb(im), size)
     except DecodeError:
         raise
     except UnidentifiedImageError:
@@ -116,3 +120,30 @@ def decode(data: bytes | str | Path, size: int | None = None, limits: Limits = L
             reason = "truncated image data"
         raise DecodeError(f"corrupt image: {reason}") from None
     return Decoded(pixels, width, height, fmt)
+
+
+def to_pixels(image: str | Path | bytes | Image.Image | np.ndarray, size: int | None,
+              limits: Limits = Limits()) -> np.ndarray:
+    """Whatever a caller holds as an image -> ``uint8`` RGB pixels, squashed to ``size``.
+
+    Why one function: a query or an explained image arrives as a path or
+    bytes (CLI, API) or already in memory as a PIL image or an array (the
+    app), and each form must reach the model as the same pixels. Files go
+    through ``decode`` with all its checks; an image in memory is already
+    upright, so it only needs the same colour conversion and resizing.
+    """
+    if isinstance(image, (str, Path, bytes, bytearray)):
+        return decode(image, size, limits).pixels
+    if isinstance(image, np.ndarray):
+        try:
+            image = Image.fromarray(image)
+        except (TypeError, ValueError):
+            raise DecodeError(f"not an image array: {image.dtype} of shape {image.shape} "
+                              "(expected uint8 of shape (H, W), (H, W, 3) or (H, W, 4))") from None
+    if not isinstance(image, Image.Image):
+        raise DecodeError(f"not an image: a {type(image).__name__}")
+    _check_pixels(image.width, image.height, limits)
+    try:
+        return _squash(to_rgb(image), size)
+    except (OSError, ValueError) as exc:  # a lazily opened image whose data turns out bad
+        raise DecodeError(f"corrupt image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

@@ -16,8 +16,8 @@ whitening keeps every dimension and skips the L2 step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy.spatial.distance import cdist
@@ -49,14 +49,15 @@ class Metric:
     higher_is_better: bool
     score: Callable[[np.ndarray, np.ndarray], np.ndarray]
     whitened: bool = False  # compute in the Mahalanobis-whitened space
+    takes_norms: bool = False  # ``score`` also takes the gallery's squared norms, computed once per gallery
 
 
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
         Metric("cosine", True, cosine_similarity),
-        Metric("euclidean", False, euclidean_distance),
-        Metric("mahalanobis", False, euclidean_distance, whitened=True),
+        Metric("euclidean", False, euclidean_distance, takes_norms=True),
+        Metric("mahalanobis", False, euclidean_distance, whitened=True, takes_norms=True),
         Metric("manhattan", False, manhattan_distance),
     )
 }

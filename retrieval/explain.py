@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .pooling import l2_normalize, pool
+from .pooling import DEFAULT_GEM_P, l2_normalize, pool
 from .whitening import Whitening
 
 
@@ -47,7 +47,7 @@ class Explanation:
     pooling: str
 
 
-def position_shares(fmap: np.ndarray, kind: str, p: float = 3.0) -> np.ndarray:
+def position_shares(fmap: np.ndarray, kind: str, p: float = DEFAULT_GEM_P) -> np.ndarray:
     """``(h, w, C)`` map -> ``(h*w, C)`` shares of each channel's pooled value; columns sum to 1."""
     f = np.asarray(fmap, np.float64).reshape(-1, fmap.shape[-1])
     f = np.maximum(f, 0.0)
@@ -76,7 +76,7 @@ def _parts(fmap: np.ndarray, kind: str, p: float, whitening: Whitening | None):
     return pieces / norm, total / norm
 
 
-def contributions(fmap_q: np.ndarray, fmap_r: np.ndarray, kind: str = "gem", p: float = 3.0,
+def contributions(fmap_q: np.ndarray, fmap_r: np.ndarray, kind: str = "gem", p: float = DEFAULT_GEM_P,
                   whitening: Whitening | None = None) -> Explanation:
     """Exact per-position split of the cosine score between two feature maps."""
     pieces_q, t_q = _parts(fmap_q, kind, p, whitening)

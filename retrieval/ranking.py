@@ -14,13 +14,19 @@ which is what both methods were defined with (Radenovic et al., 2018).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
-from .distances import METRICS, squared_norms
+from .distances import METRICS, Metric, squared_norms
 from .pooling import l2_normalize
-from .whitening import Whitening
+from .whitening import Whitening, fit, fit_whitening
+
+# How a caller keeps learned transforms: ``fitted(kind, fit)`` returns a
+# cached ``Whitening`` for ``kind`` or the result of ``fit()``.
+Fitted = Callable[[str, Callable[[], Whitening]], Whitening]
 
 QE_NEIGHBOURS = 2
 DBA_NEIGHBOURS = 2
@@ -92,23 +98,64 @@ def database_augmentation(gallery: np.ndarray, n: int = DBA_NEIGHBOURS, alpha: f
     return l2_normalize(out)
 
 
+@dataclass(frozen=True)
+class Rerank:
+    """A re-ranking, by where it acts: on the gallery once, or on every query.
+
+    ``augment_gallery(space)`` replaces the gallery (costly: done when the
+    ranker is built); ``expand_query(queries, neighbours, exclude=...)``
+    rewrites each query from its neighbours among ``neighbours``.
+    """
+
+    name: str
+    augment_gallery: Callable[[np.ndarray], np.ndarray] | None = None
+    expand_query: Callable[..., np.ndarray] | None = None
+
+
+# Every re-ranking a search can ask for, by name: adding one is adding an
+# entry here (``config.RERANKS``, the CLI and the app list these keys).
+RERANKS: Mapping[str, Rerank] = MappingProxyType({
+    r.name: r
+    for r in (
+        Rerank("none"),
+        Rerank("qe", expand_query=alpha_query_expansion),
+        Rerank("dba", augment_gallery=database_augmentation),
+    )
+})
+
+
+def _metric(name: str) -> Metric:
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r}: choose one of {', '.join(METRICS)}") from None
+
+
+def _fit_afresh(kind: str, fit: Callable[[], Whitening]) -> Whitening:
+    """``build_ranker``'s default ``fitted``: nothing is kept between rankers."""
+    return fit()
+
+
 class Ranker:
     """A gallery prepared for one metric and re-ranking choice."""
 
     def __init__(self, gallery: np.ndarray, metric: str = "cosine", rerank: str = "none",
                  whitening: Whitening | None = None, mahalanobis: Whitening | None = None,
                  dba_gallery: np.ndarray | None = None, ann=None, ids: np.ndarray | None = None):
-        """``ann`` (an ``ann.AnnIndex`` keyed by ``ids``, one per gallery row, sorted)
-        proposes candidates that are then scored exactly; without it, search is exact."""
+        """``dba_gallery`` is the gallery already augmented, when the caller kept it.
+
+        ``ann`` (an ``ann.AnnIndex`` keyed by ``ids``, one per gallery row, sorted)
+        proposes candidates that are then scored exactly; without it, search is exact.
+        """
         self.ann, self.ids = ann, ids
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)}")
-        self.metric = METRICS[metric]
-        self.rerank = rerank
+        if rerank not in RERANKS:
+            raise ValueError(f"unknown re-ranking {rerank!r}: choose one of {', '.join(RERANKS)}")
+        self.metric = _metric(metric)
+        self.rerank = RERANKS[rerank]
         self.whitening = whitening
         space = whitening.apply(gallery) if whitening is not None else np.asarray(gallery, np.float32)
-        if rerank == "dba":
-            space = dba_gallery if dba_gallery is not None else database_augmentation(space)
+        if self.rerank.augment_gallery is not None:
+            space = dba_gallery if dba_gallery is not None else self.rerank.augment_gallery(space)
         self.space = space  # where aQE looks for neighbours
         if self.metric.whitened:
             if mahalanobis is None:
@@ -118,7 +165,7 @@ class Ranker:
         else:
             self.mahalanobis = None
             self.metric_gallery = space
-        self._g_sq = squared_norms(self.metric_gallery) if metric in ("euclidean", "mahalanobis") else None
+        self._g_sq = squared_norms(self.metric_gallery) if self.metric.takes_norms else None
 
     def __len__(self) -> int:
         return len(self.metric_gallery)
@@ -130,8 +177,8 @@ class Ranker:
         aQE looks for neighbours in ``neighbours`` (default: the whole gallery).
         """
         q = self.whitening.apply(queries) if self.whitening is not None else np.asarray(queries, np.float32)
-        if self.rerank == "qe":
-            q = alpha_query_expansion(q, self.space if neighbours is None else neighbours, exclude=exclude)
+        if self.rerank.expand_query is not None:
+            q = self.rerank.expand_query(q, self.space if neighbours is None else neighbours, exclude=exclude)
         if self.mahalanobis is not None:
             q = self.mahalanobis.apply(q, normalize=False)
         return q
@@ -220,16 +267,22 @@ class Ranker:
         return np.argsort(-self.keys(queries, exclude), axis=1, kind="stable")
 
 
-def build_ranker(gallery: np.ndarray, metric: str = "cosine", rerank: str = "none", whiten: str = "none") -> Ranker:
-    """A ranker with every transform fitted on this gallery, nothing cached.
+def build_ranker(gallery: np.ndarray, metric: str = "cosine", rerank: str = "none", whiten: str = "none", *,
+                 fitted: Fitted | None = None, ann=None, ids: np.ndarray | None = None) -> Ranker:
+    """A ranker with every transform learned on this gallery.
 
-    For evaluation and benchmarks; the service keeps its fitted transforms
-    in the store instead, per collection and generation.
+    The one place a search configuration becomes a ranker, for the service,
+    evaluation and benchmarks alike. Learning a transform costs a covariance
+    (PCA, Mahalanobis), so a caller that searches the same gallery again
+    passes ``fitted`` to keep them: it is asked for the post-processing as
+    ``kind == whiten`` and for the Mahalanobis transform as
+    ``kind == f"mahalanobis+{whiten}"`` (it is learned after post-processing).
+    ``ann`` and ``ids`` go to the ``Ranker``.
     """
-    from .whitening import fit, fit_whitening
-
-    whitening = fit(whiten, gallery)
-    space = whitening.apply(gallery) if whitening is not None else np.asarray(gallery, np.float32)
-    mahalanobis = fit_whitening(space) if metric == "mahalanobis" else None
-    dba = database_augmentation(space) if rerank == "dba" else None
-    return Ranker(gallery, metric, rerank, whitening, mahalanobis, dba)
+    fitted = fitted or _fit_afresh
+    whitening = fitted(whiten, lambda: fit(whiten, gallery)) if whiten != "none" else None
+    mahalanobis = None
+    if _metric(metric).whitened:
+        post = whitening.apply if whitening is not None else np.asarray
+        mahalanobis = fitted(f"mahalanobis+{whiten}", lambda: fit_whitening(post(gallery)))
+    return Ranker(gallery, metric, rerank, whitening, mahalanobis, ann=ann, ids=ids)

@@ -3,7 +3,7 @@
 Why SQLite through sqlite-utils: one file holds everything, survives crashes
 (WAL, one transaction per batch), and needs no server. Vectors are float32
 BLOBs; a collection's vectors for one configuration load into one contiguous
-matrix, cached in memory until the collection changes.
+matrix (the service caches it, keyed by the collection's generation).
 
 Tables:
 - ``images``: one row per distinct content (sha256), whatever its file name.
@@ -14,6 +14,12 @@ Tables:
   membership, not the image, because the same photo can mean different
   things in two galleries. ``generation`` counts changes, which is how
   every cache built on a collection knows it is stale.
+
+Identities are never reused: images, configurations, collections and
+trained models use ``AUTOINCREMENT`` keys, so a cache keyed by
+(collection id, config id, generation), an approximate index keyed by image
+id, or an upload that holds a collection id can never be served, or write
+into, something that merely got the same number after a drop.
 - ``transforms``: per (collection, config) learned post-processing, such as
   PCA-whitening, stored with the generation it was learned at.
 """
@@ -23,10 +29,10 @@ from __future__ import annotations
 import io
 import sqlite3
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import sqlite_utils
@@ -36,6 +42,10 @@ from .config import ExtractorConfig
 
 class StoreError(RuntimeError):
     """The database cannot be opened or used; the message says why."""
+
+
+class CollectionGone(StoreError):
+    """The collection an operation writes to was dropped while it ran."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,6 @@ class Store:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         except OSError as exc:
             raise StoreError(f"cannot open database {self.path}: {exc.strerror or exc}") from None
-        self._galleries: dict[tuple[int, int], Gallery] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -133,20 +142,32 @@ class Store:
     def __exit__(self, *exc):
         self.close()
 
+    # Tables whose integer keys identify something outside the database too
+    # (caches, index files, operations in flight): never reused.
+    _SCHEMA = {
+        "images": """CREATE TABLE images (id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT NOT NULL, name TEXT,
+                     width INTEGER, height INTEGER, bytes INTEGER, added TEXT)""",
+        "configs": """CREATE TABLE configs (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, backbone TEXT,
+                      weights TEXT, input_size INTEGER, pooling TEXT, gem_p FLOAT, dim INTEGER, created TEXT)""",
+        "collections": """CREATE TABLE collections (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
+                          created TEXT, generation INTEGER DEFAULT 0, touched TEXT)""",
+        # Models trained here (adapt.py): weights, how they were trained, and their figures.
+        "adapted": """CREATE TABLE adapted (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, method TEXT,
+                      base TEXT, collection TEXT, input_size INTEGER, dim INTEGER, params BLOB, settings TEXT,
+                      figures TEXT, created TEXT)""",
+    }
+
     def _create_schema(self) -> None:
         db = self.db
+        migrated = self._migrate_to_autoincrement()
         with db.atomic():
-            db["images"].create(
-                {"id": int, "sha256": str, "name": str, "width": int, "height": int, "bytes": int, "added": str},
-                pk="id", not_null={"sha256"}, if_not_exists=True,
-            )
+            for table, ddl in self._SCHEMA.items():
+                if not db[table].exists():
+                    db.execute(ddl)
             db["images"].create_index(["sha256"], unique=True, if_not_exists=True)
-            db["configs"].create(
-                {"id": int, "key": str, "backbone": str, "weights": str, "input_size": int,
-                 "pooling": str, "gem_p": float, "dim": int, "created": str},
-                pk="id", not_null={"key"}, if_not_exists=True,
-            )
             db["configs"].create_index(["key"], unique=True, if_not_exists=True)
+            db["collections"].create_index(["name"], unique=True, if_not_exists=True)
+            db["adapted"].create_index(["name"], unique=True, if_not_exists=True)
             db["embeddings"].create(
                 {"config_id": int, "image_id": int, "dim": int, "vector": bytes},
                 pk=("config_id", "image_id"),
@@ -154,11 +175,6 @@ class Store:
                 if_not_exists=True,
             )
             db["embeddings"].create_index(["image_id"], if_not_exists=True)
-            db["collections"].create(
-                {"id": int, "name": str, "created": str, "generation": int, "touched": str},
-                pk="id", not_null={"name"}, defaults={"generation": 0}, if_not_exists=True,
-            )
-            db["collections"].create_index(["name"], unique=True, if_not_exists=True)
             db["members"].create(
                 {"collection_id": int, "image_id": int, "name": str, "path": str, "label": str, "added": str},
                 pk=("collection_id", "image_id"),
@@ -166,19 +182,42 @@ class Store:
                 if_not_exists=True,
             )
             db["members"].create_index(["image_id"], if_not_exists=True)
+            db["members"].create_index(["path"], if_not_exists=True)  # blob references, edited files
             db["transforms"].create(
                 {"collection_id": int, "config_id": int, "kind": str, "generation": int, "params": bytes, "created": str},
                 pk=("collection_id", "config_id", "kind"),
                 foreign_keys=[("collection_id", "collections", "id"), ("config_id", "configs", "id")],
                 if_not_exists=True,
             )
-            # Models trained here (adapt.py): weights, how they were trained, and their figures.
-            db["adapted"].create(
-                {"id": int, "name": str, "method": str, "base": str, "collection": str, "input_size": int, "dim": int,
-                 "params": bytes, "settings": str, "figures": str, "created": str},
-                pk="id", not_null={"name"}, if_not_exists=True,
-            )
-            db["adapted"].create_index(["name"], unique=True, if_not_exists=True)
+        self.migrated = migrated
+
+    def _migrate_to_autoincrement(self) -> bool:
+        """Rebuild tables made before keys were AUTOINCREMENT (same rows, same ids).
+
+        Plain INTEGER PRIMARY KEYs hand a deleted maximum id to the next row;
+        AUTOINCREMENT keeps a high-water mark in ``sqlite_sequence`` that the
+        copied rows set to today's maximum. Returns whether anything changed,
+        so the caller can drop files keyed by the old ids.
+        """
+        old = [t for t in self._SCHEMA if self.db[t].exists()
+               and "AUTOINCREMENT" not in (self.db[t].schema or "").upper()]
+        if not old:
+            return False
+        self.db.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: set before it
+        try:
+            with self.db.atomic():
+                for table in old:
+                    columns = ", ".join(self.db[table].columns_dict)
+                    # SQLite's own recipe: build the new table beside it, copy, drop, rename;
+                    # references from other tables name the table, so they follow the rename.
+                    ddl = self._SCHEMA[table].replace(f"CREATE TABLE {table} (", f"CREATE TABLE _new_{table} (", 1)
+                    self.db.execute(ddl)
+                    self.db.execute(f"INSERT INTO _new_{table} ({columns}) SELECT {columns} FROM {table}")
+                    self.db.execute(f"DROP TABLE {table}")
+                    self.db.execute(f"ALTER TABLE _new_{table} RENAME TO {table}")
+        finally:
+            self.db.execute("PRAGMA foreign_keys=ON")
+        return True
 
     # -- configurations -------------------------------------------------
     def config_id(self, cfg: ExtractorConfig, dim: int) -> int:
@@ -208,29 +247,38 @@ class Store:
                 return self.db["collections"].insert(
                     {"name": name, "created": _now(), "generation": 0, "touched": _now()}).last_pk
 
+    def collection_exists(self, collection_id: int) -> bool:
+        return bool(self._read("SELECT 1 FROM collections WHERE id = ?", [collection_id]))
+
     def touch(self, collection_id: int) -> None:
         """Record use, so cleanup of idle per-session galleries spares it."""
         with self._lock, self.db.atomic():
             self.db.execute("UPDATE collections SET touched = ? WHERE id = ?", [_now(), collection_id])
 
-    def idle_collections(self, prefix: str, older_than: str) -> list[str]:
-        """Names starting with ``prefix`` untouched since ``older_than`` (ISO time)."""
-        return [r[0] for r in self._read(
-            "SELECT name FROM collections WHERE name LIKE ? ESCAPE '\\' AND COALESCE(touched, created) < ?",
-            [prefix.replace("%", "\\%").replace("_", "\\_") + "%", older_than])]
+    def idle_collections(self, prefix: str, older_than: str) -> list[tuple[int, str]]:
+        """(id, name) of collections named ``prefix...`` untouched since ``older_than`` (ISO time)."""
+        return [tuple(r) for r in self._read(
+            "SELECT id, name FROM collections WHERE name LIKE ? ESCAPE '\\' AND COALESCE(touched, created) < ?",
+            [prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%", older_than])]
 
-    def copy_collection(self, source: str, target: str) -> int:
-        """A new collection with the same members; no image or vector is copied."""
-        with self._lock:
-            src = self.collection_id(source)
-            dst = self.collection_id(target, create=True)
-            if src is not None:
-                with self.db.atomic():
-                    self.db.execute(
-                        """INSERT OR IGNORE INTO members (collection_id, image_id, name, path, label, added)
-                           SELECT ?, image_id, name, path, label, added FROM members WHERE collection_id = ?
-                           ORDER BY rowid""", [dst, src])
-                    self._bump([dst])
+    def copy_collection(self, source_id: int, target: str) -> int | None:
+        """A new collection with ``source_id``'s members; no image or vector is copied.
+
+        Returns the new id, or None when ``target`` exists already or the
+        source is gone (both checked in the same transaction as the copy).
+        """
+        with self._lock, self.db.atomic():
+            if self.db.execute("SELECT 1 FROM collections WHERE name = ?", [target]).fetchone():
+                return None
+            if not self.db.execute("SELECT 1 FROM collections WHERE id = ?", [source_id]).fetchone():
+                return None
+            dst = self.db["collections"].insert(
+                {"name": target, "created": _now(), "generation": 0, "touched": _now()}).last_pk
+            self.db.execute(
+                """INSERT INTO members (collection_id, image_id, name, path, label, added)
+                   SELECT ?, image_id, name, path, label, added FROM members WHERE collection_id = ?
+                   ORDER BY rowid""", [dst, source_id])
+            self._bump([dst])
             return dst
 
     def generation(self, collection_id: int) -> int:
@@ -238,8 +286,16 @@ class Store:
         return rows[0][0] if rows else -1
 
     def _bump(self, collection_ids: Iterable[int]) -> None:
+        """The one way a collection's caches learn they are stale."""
         for cid in set(collection_ids):
             self.db.execute("UPDATE collections SET generation = generation + 1 WHERE id = ?", [cid])
+
+    def _bump_holders(self, image_ids: list[int]) -> None:
+        """New vectors for shared images change every collection that holds them."""
+        if image_ids:
+            self._bump(r[0] for r in self.db.execute(
+                f"SELECT DISTINCT collection_id FROM members WHERE image_id IN ({','.join('?' * len(image_ids))})",
+                image_ids))
 
     def collections(self) -> list[CollectionInfo]:
         rows = self._read(
@@ -248,25 +304,27 @@ class Store:
                GROUP BY c.id ORDER BY c.name""")
         return [CollectionInfo(*row) for row in rows]
 
-    def drop_collection(self, name: str) -> bool:
-        """Remove a gallery; images no other gallery holds go with it."""
-        with self._lock:
-            cid = self.collection_id(name)
-            if cid is None:
-                return False
-            with self.db.atomic():
-                ids = [r[0] for r in self.db.execute("SELECT image_id FROM members WHERE collection_id = ?", [cid])]
-                self.db.execute("DELETE FROM members WHERE collection_id = ?", [cid])
-                self.db.execute("DELETE FROM transforms WHERE collection_id = ?", [cid])
-                self.db.execute("DELETE FROM collections WHERE id = ?", [cid])
-                self._delete_orphans(ids)
-            return True
+    def drop_collection(self, collection_id: int, idle_before: str | None = None) -> list[Member] | None:
+        """Remove a gallery; images no other gallery holds go with it.
+
+        Returns the members it held (their files may now be unreferenced),
+        or None when it was gone already, or (with ``idle_before``, an ISO
+        time) when it was used since: checked in the same transaction, so
+        idle cleanup never drops a gallery that just came back into use.
+        """
+        with self._lock, self.db.atomic():
+            row = self.db.execute("SELECT COALESCE(touched, created) FROM collections WHERE id = ?",
+                                  [collection_id]).fetchone()
+            if row is None or (idle_before is not None and row[0] >= idle_before):
+                return None
+            held = self._members_where("m.collection_id = ?", [collection_id])
+            self.db.execute("DELETE FROM members WHERE collection_id = ?", [collection_id])
+            self.db.execute("DELETE FROM transforms WHERE collection_id = ?", [collection_id])
+            self.db.execute("DELETE FROM collections WHERE id = ?", [collection_id])
+            self._delete_orphans([m.image_id for m in held])
+            return held
 
     # -- images and membership -------------------------------------------
-    def known_images(self) -> dict[str, int]:
-        """sha256 -> image id for every stored image."""
-        return dict(self._read("SELECT sha256, id FROM images"))
-
     def member_hashes(self, collection_id: int) -> dict[str, str]:
         """sha256 -> member name for a collection."""
         return dict(self._read(
@@ -281,54 +339,97 @@ class Store:
         rows = self._read("SELECT id, sha256, name, width, height, bytes, added FROM images WHERE sha256 = ?", [sha256])
         return dict(zip(("id", "sha256", "name", "width", "height", "bytes", "added"), rows[0])) if rows else None
 
-    def write_batch(self, collection_id: int, config_id: int | None, batch: list[NewMember]) -> None:
+    def write_batch(self, collection_id: int, config_id: int | None, batch: list[NewMember],
+                    seen: dict[str, str] | None = None) -> list[Member]:
         """One transaction: the batch lands whole or not at all.
 
         Existing images are reused by hash; an existing membership keeps its
         row but takes the new label and path (re-indexing a reorganised
-        folder relabels it without recomputing anything).
+        folder relabels it without recomputing anything). ``seen`` maps each
+        path read in this batch to the content found there: a member at one
+        of those paths with other content is stale (the file was edited in
+        place) and is removed. Returns the stale members removed.
+
+        Raises ``CollectionGone`` if the collection was dropped meanwhile, so
+        an upload never writes into a gallery it no longer belongs to.
         """
-        if not batch:
-            return
+        if not batch and not seen:
+            return []
         with self._lock, self.db.atomic():
+            if not self.db.execute("SELECT 1 FROM collections WHERE id = ?", [collection_id]).fetchone():
+                raise CollectionGone(f"collection {collection_id} was dropped")
+            if config_id is not None and not self.db.execute("SELECT 1 FROM configs WHERE id = ?", [config_id]).fetchone():
+                raise StoreError("the model's configuration was deleted meanwhile")
+            stale = self._stale_members(collection_id, seen or {})
             now = _now()
             self.db["images"].insert_all(
                 ({"sha256": b.sha256, "name": b.name, "width": b.width, "height": b.height, "bytes": b.nbytes, "added": now}
                  for b in batch), ignore=True)
             ids = dict(self.db.execute(
                 f"SELECT sha256, id FROM images WHERE sha256 IN ({','.join('?' * len(batch))})",
-                [b.sha256 for b in batch]).fetchall())
+                [b.sha256 for b in batch]).fetchall()) if batch else {}
             self.db["members"].upsert_all(
                 ({"collection_id": collection_id, "image_id": ids[b.sha256], "name": b.name, "path": b.path,
                   "label": b.label, "added": now} for b in batch),
                 pk=("collection_id", "image_id"))
+            self.db.execute("UPDATE collections SET touched = ? WHERE id = ?", [now, collection_id])
+            self._bump([collection_id])
             if config_id is not None:
                 rows = [{"config_id": config_id, "image_id": ids[b.sha256], "dim": int(b.vector.shape[-1]),
                          "vector": np.ascontiguousarray(b.vector, dtype=np.float32).tobytes()}
                         for b in batch if b.vector is not None]
                 self.db["embeddings"].insert_all(rows, replace=True)
-            self._bump([collection_id])
+                self._bump_holders([r["image_id"] for r in rows])
+            return stale
+
+    def _stale_members(self, collection_id: int, seen: dict[str, str]) -> list[Member]:
+        if not seen:
+            return []
+        found = self._members_where(f"m.collection_id = ? AND m.path IN ({','.join('?' * len(seen))})",
+                                    [collection_id, *seen])
+        stale = [m for m in found if seen.get(m.path) != m.sha256]
+        for m in stale:
+            self.db.execute("DELETE FROM members WHERE collection_id = ? AND image_id = ?", [collection_id, m.image_id])
+        self._delete_orphans([m.image_id for m in stale])
+        return stale
 
     def add_embeddings(self, config_id: int, vectors: dict[int, np.ndarray]) -> None:
-        """Vectors for images already stored (image id -> vector), one transaction."""
+        """Vectors for images already stored (image id -> vector), one transaction.
+
+        Images removed while their vectors were computed are skipped.
+        """
         if not vectors:
             return
         with self._lock, self.db.atomic():
+            alive = {r[0] for r in self.db.execute(
+                f"SELECT id FROM images WHERE id IN ({','.join('?' * len(vectors))})", list(vectors))}
+            if not self.db.execute("SELECT 1 FROM configs WHERE id = ?", [config_id]).fetchone():
+                return  # the model was deleted meanwhile: nothing to attach the vectors to
             self.db["embeddings"].insert_all(
                 ({"config_id": config_id, "image_id": iid, "dim": int(v.shape[-1]),
-                  "vector": np.ascontiguousarray(v, dtype=np.float32).tobytes()} for iid, v in vectors.items()),
+                  "vector": np.ascontiguousarray(v, dtype=np.float32).tobytes()} for iid, v in vectors.items() if iid in alive),
                 replace=True)
-            placeholders = ",".join("?" * len(vectors))
-            cids = [r[0] for r in self.db.execute(
-                f"SELECT DISTINCT collection_id FROM members WHERE image_id IN ({placeholders})", list(vectors))]
-            self._bump(cids)
+            self._bump_holders(sorted(alive))
+
+    def vectors(self, config_id: int, image_ids: list[int]) -> dict[int, np.ndarray]:
+        """Stored vectors of some images for one configuration (those that have one)."""
+        out: dict[int, np.ndarray] = {}
+        for start in range(0, len(image_ids), 500):
+            part = image_ids[start:start + 500]
+            for iid, blob in self._read(
+                    f"SELECT image_id, vector FROM embeddings WHERE config_id = ? AND image_id IN ({','.join('?' * len(part))})",
+                    [config_id, *part]):
+                out[iid] = np.frombuffer(blob, np.float32)
+        return out
+
+    def _members_where(self, where: str, params: list) -> list[Member]:
+        return [Member(*row) for row in self.db.execute(
+            f"""SELECT i.id, i.sha256, m.name, m.path, m.label, i.width, i.height
+                FROM members m JOIN images i ON i.id = m.image_id WHERE {where} ORDER BY m.rowid""", params)]
 
     def members(self, collection_id: int) -> list[Member]:
-        rows = self._read(
-            """SELECT i.id, i.sha256, m.name, m.path, m.label, i.width, i.height
-               FROM members m JOIN images i ON i.id = m.image_id
-               WHERE m.collection_id = ? ORDER BY m.rowid""", [collection_id])
-        return [Member(*row) for row in rows]
+        with self._lock:
+            return self._members_where("m.collection_id = ?", [collection_id])
 
     def missing_embeddings(self, collection_id: int, config_id: int) -> list[Member]:
         rows = self._read(
@@ -339,10 +440,10 @@ class Store:
             [config_id, collection_id])
         return [Member(*row) for row in rows]
 
-    def remove(self, path_or_hash: str, collection_id: int | None = None) -> list[str]:
+    def remove(self, path_or_hash: str, collection_id: int | None = None) -> list[Member]:
         """Remove the member(s) matching a path, a member name or a sha256.
 
-        Returns the names removed. Images no collection holds any more are
+        Returns the members removed. Images no collection holds any more are
         deleted with their embeddings, so removal frees space.
         """
         key = str(path_or_hash)
@@ -354,13 +455,13 @@ class Store:
             params.append(collection_id)
         with self._lock, self.db.atomic():
             rows = self.db.execute(
-                f"SELECT m.collection_id, m.image_id, m.name FROM members m JOIN images i ON i.id = m.image_id WHERE {where}",
-                params).fetchall()
-            for cid, iid, _ in rows:
+                f"""SELECT m.collection_id, i.id, i.sha256, m.name, m.path, m.label, i.width, i.height
+                    FROM members m JOIN images i ON i.id = m.image_id WHERE {where}""", params).fetchall()
+            for cid, iid, *_ in rows:
                 self.db.execute("DELETE FROM members WHERE collection_id = ? AND image_id = ?", [cid, iid])
             self._bump(r[0] for r in rows)
             self._delete_orphans([r[1] for r in rows])
-        return [r[2] for r in rows]
+        return [Member(*r[1:]) for r in rows]
 
     def _delete_orphans(self, image_ids: list[int]) -> None:
         for iid in set(image_ids):
@@ -368,25 +469,24 @@ class Store:
                 self.db.execute("DELETE FROM embeddings WHERE image_id = ?", [iid])
                 self.db.execute("DELETE FROM images WHERE id = ?", [iid])
 
-    def member_paths(self) -> set[str]:
-        return {r[0] for r in self._read("SELECT DISTINCT path FROM members WHERE path IS NOT NULL")}
-
-    def has_image(self, sha256: str) -> bool:
-        return bool(self._read("SELECT 1 FROM images WHERE sha256 = ?", [sha256]))
+    def referenced(self, paths: list[str]) -> set[str]:
+        """Which of these file paths some member still points to."""
+        found: set[str] = set()
+        for start in range(0, len(paths), 500):
+            part = paths[start:start + 500]
+            found |= {r[0] for r in self._read(
+                f"SELECT DISTINCT path FROM members WHERE path IN ({','.join('?' * len(part))})", part)}
+        return found
 
     # -- loading for search -----------------------------------------------
     def gallery(self, collection_id: int, config_id: int) -> Gallery:
-        """The collection's vectors as one (N, D) float32 matrix, cached.
+        """The collection's vectors as one (N, D) float32 matrix, with the
+        generation it was read at (both under one lock: consistent).
 
         Only members that have an embedding for this configuration appear.
-        The cache is checked against the collection's generation, one tiny
-        query, so a change by any process is seen at the next search.
         """
         with self._lock:
             generation = self.generation(collection_id)
-            cached = self._galleries.get((collection_id, config_id))
-            if cached is not None and cached.generation == generation:
-                return cached
             # Two index-ordered scans (members by their primary key, vectors by
             # theirs), both sorted by image id, instead of one three-way join
             # sorted by insertion: 100k x 1280 loads ~3x faster this way.
@@ -402,6 +502,9 @@ class Store:
             # copy per page: 100k x 1280 in ~0.6 s instead of ~1.3 s) and
             # unmapped after, so its pages do not stay in the resident set.
             vectors = np.empty((len(rows), dim), np.float32)
+            if vectors.size == 0:  # no members (or no dimension): nothing to scan
+                vectors.flags.writeable = False
+                return Gallery([], vectors[:0], generation)
             flat = memoryview(vectors).cast("B")
             row_bytes = dim * 4
             found: list[int] = []
@@ -423,9 +526,7 @@ class Store:
                 members = [Member(*r) for r in rows if r[0] in have]
                 vectors = vectors[: len(found)]
             vectors.flags.writeable = False  # shared by every search; nobody may change it
-            gallery = Gallery(members, vectors, generation)
-            self._galleries[(collection_id, config_id)] = gallery
-            return gallery
+            return Gallery(members, vectors, generation)
 
     # -- learned transforms -------------------------------------------------
     def save_transform(self, collection_id: int, config_id: int, kind: str, generation: int, arrays: dict[str, np.ndarray]) -> None:
@@ -469,7 +570,6 @@ class Store:
                 self.db.execute("DELETE FROM transforms WHERE config_id = ?", [row[0]])
                 self.db.execute("DELETE FROM configs WHERE id = ?", [row[0]])
             self.db.execute("DELETE FROM adapted WHERE name = ?", [name])
-        self._galleries = {k: v for k, v in self._galleries.items() if row is None or k[1] != row[0]}
         return found
 
     def integrity_ok(self) -> bool:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import re
 import stat
+import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
-from .files import SourceFile, Skipped, sha256
+from .files import Skipped, SourceFile, sha256
 from .settings import Limits
 
 _SAFE_EXT = re.compile(r"^\.[a-z0-9]{1,5}$")
@@ -46,13 +47,27 @@ def blob_path(root: Path, digest: str, name: str) -> Path:
     return root / digest[:2] / f"{digest}{ext if _SAFE_EXT.match(ext) else '.bin'}"
 
 
-def _store_blob(root: Path, data: bytes, name: str) -> Path:
+def store_blob(root: Path, data: bytes, name: str) -> Path:
+    """Write content once under its hash; safe when two writers race.
+
+    Each writer fills its own uniquely named temporary file and renames it
+    into place: a rename is atomic and both carry the same bytes, so
+    whichever lands last changes nothing. An existing blob gets its time
+    refreshed, which marks it as recently wanted for sweeps that go by age.
+    """
     path = blob_path(root, sha256(data), name)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
+    if path.exists():
+        os.utime(path)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -120,10 +135,13 @@ def _zip_entries(archive: Path, display: str, limits: Limits, intake: Intake) ->
             yield shown, _label_from_parts(path.parts), data
 
 
-def intake(uploads: list[tuple[Path, str, str | None]], blob_root: Path, limits: Limits = Limits()) -> Intake:
+def intake(uploads: list[tuple[Path, str, str | None]], store: Callable[[bytes, str], Path],
+           limits: Limits = Limits()) -> Intake:
     """Store uploaded files (and the images inside zips) as content-named blobs.
 
-    ``uploads`` holds (temporary path, name as the user called it, label).
+    ``uploads`` holds (temporary path, name as the user called it, label);
+    ``store(data, name)`` keeps one blob and returns its path (the service
+    passes one that also marks the blob as held by this upload).
     Stops taking files once a whole-upload cap is reached and says which.
     """
     result = Intake()
@@ -152,6 +170,6 @@ def intake(uploads: list[tuple[Path, str, str | None]], blob_root: Path, limits:
                 result.skipped.append(Skipped(name, result.limit_hit))
                 continue
             result.total_bytes += len(data)
-            blob = _store_blob(blob_root, data, name)
+            blob = store(data, name)
             result.sources.append(SourceFile(blob, name, entry_label if entry_label is not None else label))
     return result

@@ -9,7 +9,9 @@ with no parameter to tune (Ledoit & Wolf, 2004).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -41,7 +43,7 @@ class Whitening:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Whitening":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Whitening:
         return cls(arrays["mean"], arrays.get("projection"), float(arrays["shrinkage"]))
 
 
@@ -66,20 +68,6 @@ def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return mean, cov, shrinkage
 
 
-POSTPROCESS = ("none", "center", "pca")
-
-
-def fit(kind: str, x: np.ndarray) -> Whitening | None:
-    """The post-processing named by ``kind``, learned on gallery ``x``."""
-    if kind == "none":
-        return None
-    if kind == "center":
-        return fit_centering(x)
-    if kind == "pca":
-        return fit_whitening(x)
-    raise ValueError(f"unknown post-processing {kind!r}: choose one of {', '.join(POSTPROCESS)}")
-
-
 def fit_whitening(x: np.ndarray, dim: int | None = None) -> Whitening:
     """PCA-whitening: rotate onto the principal axes, scale each to unit variance.
 
@@ -95,3 +83,25 @@ def fit_whitening(x: np.ndarray, dim: int | None = None) -> Whitening:
         eigvals, eigvecs = eigvals[:dim], eigvecs[:, :dim]
     projection = eigvecs / np.sqrt(np.maximum(eigvals, 1e-12))
     return Whitening(mean.astype(np.float32), projection.astype(np.float32), shrinkage)
+
+
+def fit_nothing(x: np.ndarray) -> None:
+    """No post-processing: the descriptors are ranked as the backbone made them."""
+
+
+# Every post-processing a search can ask for, by name: adding one is adding a
+# fitter here (``config.WHITENINGS``, the CLI and the app list these keys).
+FITTERS: Mapping[str, Callable[[np.ndarray], Whitening | None]] = MappingProxyType({
+    "none": fit_nothing,
+    "center": fit_centering,
+    "pca": fit_whitening,
+})
+
+
+def fit(kind: str, x: np.ndarray) -> Whitening | None:
+    """The post-processing named by ``kind``, learned on gallery ``x``."""
+    try:
+        fitter = FITTERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown post-processing {kind!r}: choose one of {', '.join(FITTERS)}") from None
+    return fitter(x)

@@ -14,6 +14,7 @@ import pytest
 from retrieval import Studio
 from retrieval.adapt import AdaptConfig, Cancelled, apply_head, split_by_image, train_head
 from retrieval.config import ExtractorConfig, SearchConfig
+from retrieval.decode import to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES_USED = (0, 2, 4, 6)  # T-shirt, pullover, coat, shirt: the tops ImageNet features confuse most
@@ -74,7 +75,7 @@ def test_adapted_model_is_a_backbone_that_persists(head, fashion):
         reloaded = again.gallery("tops", cfg)[2].vectors
         assert np.array_equal(stored, reloaded)
         backbone = again.backbone(cfg)
-        pixels = np.stack([again._image(query, backbone.input_size)])
+        pixels = np.stack([to_pixels(query, backbone.input_size)])
         assert np.allclose(backbone.embed(pixels)[0], again.embed_query(query, cfg)[0], atol=1e-6)
         assert again.search(query, "tops", cfg, SearchConfig(k=5)).hits == first.hits
     finally:
@@ -120,7 +121,7 @@ def test_image_models_train_persist_and_delete(fashion, method):
         assert np.allclose(again.embed_query(query, cfg)[0], vectors[row], atol=1e-5)
     finally:
         again.close()
-    key = cfg.resolved().key
+    key = studio.resolve(cfg).key
     assert studio.delete_adapted(report.name)
     assert report.name not in [m["name"] for m in studio.models()]
     assert studio.store._read("SELECT count(*) FROM configs WHERE key = ?", [key])[0][0] == 0

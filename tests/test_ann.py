@@ -54,5 +54,5 @@ def test_service_uses_and_persists_the_index(studio, indexed, photo_folder):
     approx = studio.search(photo_folder / "cats" / "chelsea.jpg", "photos", scfg=SearchConfig(k=5, index="ivf"))
     assert [h.name for h in approx.hits] == [h.name for h in exact.hits]
     cid = studio.store.collection_id("photos")
-    config_id = studio.store.find_config(ExtractorConfig().resolved())
+    config_id = studio.store.find_config(studio.resolve(ExtractorConfig()))
     assert studio.ann_path(cid, config_id).is_file()

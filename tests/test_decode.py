@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.decode import DecodeError, decode
+from retrieval.decode import DecodeError, decode, to_pixels
 from retrieval.settings import Limits
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -112,3 +112,44 @@ def test_decompression_bomb_is_refused_from_the_header():
 def test_missing_file(tmp_path):
     with pytest.raises(DecodeError, match="file not found"):
         decode(tmp_path / "nope.jpg")
+
+
+@pytest.mark.parametrize("photo, size", [("astronaut", 224), ("coffee", 96), ("camera", None)])
+def test_every_form_of_an_image_gives_the_same_pixels(tmp_path, photo, size):
+    """A path, its bytes, a PIL image and an array of one lossless PNG reach the model identically."""
+    from skimage import data
+
+    original = getattr(data, photo)()  # camera is grey (H, W): converted to RGB like a grey file
+    path = tmp_path / f"{photo}.png"
+    Image.fromarray(original).save(path)
+    expected = to_pixels(path, size)
+    side = (size, size) if size else original.shape[:2]
+    assert expected.dtype == np.uint8 and expected.shape == (*side, 3)
+    assert np.array_equal(expected, decode(path, size).pixels)
+    for form in (str(path), path.read_bytes(), Image.open(path), np.asarray(Image.open(path)), original):
+        np.testing.assert_array_equal(to_pixels(form, size), expected)
+
+
+def test_to_pixels_composites_transparency_like_a_file():
+    rgba = np.zeros((6, 6, 4), np.uint8)
+    rgba[..., 0] = 255  # red, fully transparent
+    assert to_pixels(rgba, None)[0, 0].tolist() == list(WHITE)
+    assert np.array_equal(to_pixels(rgba, 4), to_pixels(_bytes(Image.fromarray(rgba), "PNG"), 4))
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (np.zeros((8, 8, 3), np.float64), "not an image array"),
+    (np.zeros((2, 2, 2, 2), np.uint8), "not an image array"),
+    (np.zeros((0, 8, 3), np.uint8), "no pixels"),
+    (42, "not an image"),
+    (b"", "empty file"),
+    (b"plain text", "not an image"),
+])
+def test_to_pixels_refuses_what_is_no_image(bad, reason):
+    with pytest.raises(DecodeError, match=reason):
+        to_pixels(bad, 32)
+
+
+def test_to_pixels_keeps_the_pixel_limit_for_images_in_memory():
+    with pytest.raises(DecodeError, match="too many pixels"):
+        to_pixels(np.zeros((100, 100, 3), np.uint8), 32, Limits(max_pixels=5000))

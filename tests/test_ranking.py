@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from retrieval.pooling import l2_normalize
-from retrieval.ranking import Ranker, alpha_query_expansion, database_augmentation, top_k
+from retrieval.ranking import Ranker, alpha_query_expansion, build_ranker, database_augmentation, top_k
 from retrieval.whitening import fit_whitening
 
 
@@ -72,3 +72,45 @@ def test_blocked_batch_search_equals_a_full_sort():
     np.testing.assert_array_equal(ranking.indices, expected)
     assert ranking.indices[0, :2].tolist() == [10, 15000]
     np.testing.assert_allclose(ranking.scores, np.take_along_axis(queries @ gallery.T, expected, axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("metric, whiten, asked", [
+    ("cosine", "none", []),
+    ("cosine", "pca", ["pca"]),
+    ("mahalanobis", "none", ["mahalanobis+none"]),
+    ("mahalanobis", "center", ["center", "mahalanobis+center"]),
+])
+@pytest.mark.parametrize("rerank", ["none", "qe", "dba"])
+def test_build_ranker_asks_fitted_for_each_learned_transform(gallery, metric, whiten, asked, rerank):
+    """A caller's cache sees exactly the transforms it may keep, and caching changes no result."""
+    kinds, kept = [], {}
+
+    def fitted(kind, fit):
+        kinds.append(kind)
+        kept[kind] = fit()
+        return kept[kind]
+
+    cached = build_ranker(gallery, metric, rerank, whiten, fitted=fitted)
+    assert kinds == asked
+    default = build_ranker(gallery, metric, rerank, whiten)
+    again = build_ranker(gallery, metric, rerank, whiten, fitted=lambda kind, fit: kept[kind])  # nothing refitted
+    for ranker in (cached, again):
+        expected, got = default.search(gallery[:20], 10), ranker.search(gallery[:20], 10)
+        np.testing.assert_array_equal(got.indices, expected.indices)
+        np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_build_ranker_passes_the_vector_index_on(gallery):
+    from retrieval.ann import AnnIndex
+
+    ids = np.arange(10, 10 + len(gallery))
+    ann = AnnIndex.build(ids, gallery)
+    ranker = build_ranker(gallery, "cosine", "qe", "center", ann=ann, ids=ids)
+    assert ranker.ann is ann and ranker.ids is ids
+    assert ranker.search(gallery[:5], 1).indices[:, 0].tolist() == list(range(5))
+
+
+@pytest.mark.parametrize("metric, rerank", [("chebyshev", "none"), ("cosine", "mmr")])
+def test_unknown_choices_are_refused_by_name(gallery, metric, rerank):
+    with pytest.raises(ValueError, match="choose one of"):
+        build_ranker(gallery, metric, rerank)

@@ -49,7 +49,7 @@ def test_evaluate_gives_real_figures(studio, indexed):
     assert report.queries == 9
     assert 0.5 < report.map <= 1.0  # near-duplicate groups are easy for a real CNN
     assert set(report.per_class_ap) == {"cats", "coffee", "space"}
-    assert report.config["key"] == ExtractorConfig().resolved().key
+    assert report.config["key"] == studio.resolve(ExtractorConfig()).key
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean", "mahalanobis", "manhattan"])

@@ -51,3 +51,18 @@ def test_centering_removes_the_shared_component():
     assert fit("none", x) is None
     again = type(center).from_arrays(center.to_arrays())
     assert again.projection is None and np.array_equal(again.mean, center.mean)
+
+
+def test_fit_dispatches_on_the_registry_and_names_the_choices():
+    import pytest
+
+    from retrieval.whitening import FITTERS, fit
+
+    x = np.random.default_rng(5).normal(size=(60, 6))
+    for kind, fitter in FITTERS.items():
+        got, expected = fit(kind, x), fitter(x)
+        assert (got is None) == (expected is None)
+        if got is not None:
+            np.testing.assert_array_equal(got.apply(x), expected.apply(x))
+    with pytest.raises(ValueError, match="choose one of none, center, pca"):
+        fit("zca", x)

@@ -1,4 +1,10 @@
-"""Models trained here (``retrieval.adapt``) served like any other backbone.
+"""Models trained here (``retrieval.adapt``): what they are, and serving them as backbones.
+
+Why the definitions live here and not beside the training loop: a stored
+model is rebuilt by whoever serves it (search, compare, the CLI, a fresh
+``Studio``), which needs its settings, its architecture, the head's math and
+the weight formats, never the training code. ``adapt`` imports them from
+here; nothing here imports ``adapt``.
 
 Why a backbone: search, compare, evaluate, the CLI and the UI all take a
 backbone name, so a trained model that registers a ``BackboneSpec`` is usable
@@ -7,35 +13,156 @@ everywhere at once, with its own cached vectors in the store.
 - ``head``: the base CNN's pooled, normalised vector, then the head in numpy.
 - ``finetune`` and ``scratch``: a Keras image model, rebuilt from its
   settings and loaded with the stored weights.
+
+Keras is imported only when an image model is built: the engine, and a
+head, run without it.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import tempfile
 import threading
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
-from ..pooling import l2_normalize
+from ..device import import_keras
+from ..pooling import DEFAULT_GEM_P, l2_normalize
 from .base import Backbone, BackboneSpec
 
 FAMILY = "adapted"
+METHODS = ("head", "finetune", "scratch")
 
 
+@dataclass(frozen=True)
+class AdaptConfig:
+    """How a model is trained, stored with it: the image models are rebuilt from it."""
+
+    method: str = "head"
+    epochs: int = 30  # an upper bound: early stopping usually ends sooner
+    batch_size: int = 0  # 0: 256 for the head, 32 for image models
+    learning_rate: float = 0.0  # 0: 1e-3 for head and scratch, 1e-4 for fine-tuning
+    weight_decay: float = 1e-4
+    dim: int = 128
+    hidden: int = 512
+    dropout: float = 0.5
+    margin: float = 0.2
+    scale: float = 30.0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.3
+    patience: int = 3
+    seed: int = 0
+    finetune_blocks: int = 2  # top MBConv blocks unfrozen (plus the 1x1 head conv)
+    scratch_size: int = 64  # the seed CNN's input size
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.epochs < 1:
+            raise ValueError("epochs must be at least 1")
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size or (256 if self.method == "head" else 32)
+
+    @property
+    def effective_lr(self) -> float:
+        return self.learning_rate or (1e-4 if self.method == "finetune" else 1e-3)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# -- the head: plain arrays ------------------------------------------------------
+def apply_head(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The trained head in numpy: (N, D) unit vectors -> (N, dim) unit vectors.
+
+    Plain matrix products, so an adapted gallery is re-embedded from its
+    cached vectors in milliseconds and gives identical vectors on reload.
+    """
+    h = np.maximum((np.asarray(x, np.float32) - weights["mean"]) @ weights["w1"] + weights["b1"], 0.0)
+    z = h @ weights["w2"] + weights["b2"]
+    return (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def pack(arrays: dict[str, np.ndarray]) -> bytes:
+    """The head's arrays as one blob for the store (``.npz``: no pickle on the way back)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def unpack(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+# -- the image models: Keras ------------------------------------------------------
+def build_scratch(keras, cfg: AdaptConfig):
+    """The seed's CNN: (Conv-ReLU-MaxPool) x 3 with 32/64/128 filters, Dense 512, L2 on every kernel."""
+    reg = keras.regularizers.L2(cfg.weight_decay)
+    inputs = keras.Input((cfg.scratch_size, cfg.scratch_size, 3))
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    for filters in (32, 64, 128):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_regularizer=reg)(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(512, activation="relu", kernel_regularizer=reg)(x)
+    z = keras.layers.UnitNormalization(name="embedding")(x)
+    return keras.Model(inputs, z, name="seed_cnn")
+
+
+def build_finetune(keras, features, cfg: AdaptConfig, pooling: str = "gem", gem_p: float = DEFAULT_GEM_P):
+    """Backbone feature maps -> GeM -> Dense(dim) -> L2; only the top blocks train."""
+    from .keras_model import GlobalPooling
+
+    original = features  # shared with the base backbone: train and load a copy, never the original
+    features = keras.models.clone_model(original)
+    features.set_weights(original.get_weights())
+    blocks = sorted({int(l.name.split("_")[0][5:]) for l in features.layers if l.name.startswith("block")})
+    trainable = {f"block{b}_" for b in blocks[-cfg.finetune_blocks:]} if cfg.finetune_blocks else set()
+    for layer in features.layers:
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = (not is_bn) and (layer.name.startswith("head_") or any(layer.name.startswith(t) for t in trainable))
+    inputs = keras.Input(features.input_shape[1:])
+    x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0)(inputs)  # efficientnet_lite.preprocess
+    x = features(x, training=False)  # BatchNorm in inference mode
+    x = GlobalPooling(pooling, gem_p)(x)
+    z = keras.layers.UnitNormalization(name="embedding")(keras.layers.Dense(cfg.dim, name="project")(x))
+    return keras.Model(inputs, z, name="finetuned")
+
+
+def save_weights(model, tmp_dir: Path | None = None) -> bytes:
+    """A Keras model's weights as bytes, for the store (Keras only writes files)."""
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
+        path = Path(tmp) / "model.weights.h5"
+        model.save_weights(path)
+        return path.read_bytes()
+
+
+def load_weights(model, blob: bytes, tmp_dir: Path | None = None) -> None:
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
+        path = Path(tmp) / "model.weights.h5"
+        path.write_bytes(blob)
+        model.load_weights(path)
+
+
+# -- served as backbones -----------------------------------------------------------
 class HeadBackbone(Backbone):
     def __init__(self, name: str, base: Backbone, weights: dict[str, np.ndarray]):
-        from ..adapt import apply_head
-
-        self.name, self.base, self.weights, self._apply = name, base, weights, apply_head
+        self.name, self.base, self.weights = name, base, weights
         self.input_size, self.dim, self.device = base.input_size, int(weights["w2"].shape[1]), base.device
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        return self._apply(self.weights, l2_normalize(self.base.embed(images)))
+        return apply_head(self.weights, l2_normalize(self.base.embed(images)))
 
     def project(self, base_vectors: np.ndarray) -> np.ndarray:
         """The fast path: cached base vectors -> adapted vectors, no CNN."""
-        return self._apply(self.weights, base_vectors)
+        return apply_head(self.weights, base_vectors)
 
 
 class KerasImageBackbone(Backbone):
@@ -47,11 +174,11 @@ class KerasImageBackbone(Backbone):
     def embed(self, images: np.ndarray) -> np.ndarray:
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
-        from .keras_model import _bucket
+        from .keras_model import bucket
 
         n = len(images)
         x = np.asarray(images, np.float32)
-        size = _bucket(n, 32)  # a few fixed batch shapes: no retracing per query
+        size = bucket(n, 32)  # a few fixed batch shapes: no retracing per query
         if n < size:
             x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], np.float32)])
         with self._lock:
@@ -64,21 +191,19 @@ def spec_for(row: dict, base_backbone: Callable[[dict], Backbone], load_params: 
     base = json.loads(row["base"])
 
     def build(pooling=None, gem_p=None, placement=None, input_size=None, weights=None, batch_size=32) -> Backbone:
-        from .. import adapt
-
         blob = load_params()
         if row["method"] == "head":
-            return HeadBackbone(row["name"], base_backbone(base), adapt.unpack(blob))
-        keras = adapt._keras()
-        cfg = adapt.AdaptConfig(**settings)
+            return HeadBackbone(row["name"], base_backbone(base), unpack(blob))
+        keras = import_keras()
+        cfg = AdaptConfig(**settings)
         if row["method"] == "scratch":
-            model = adapt.build_scratch(keras, cfg)
+            model = build_scratch(keras, cfg)
             device = "CPU"
         else:
             features = base_backbone(base).feature_model
-            model = adapt.build_finetune(keras, features, cfg, base.get("pooling", "gem"), base.get("gem_p", 3.0) or 3.0)
+            model = build_finetune(keras, features, cfg, base.get("pooling", "gem"), base.get("gem_p") or DEFAULT_GEM_P)
             device = base_backbone(base).device
-        adapt.load_weights(model, blob)
+        load_weights(model, blob)
         return KerasImageBackbone(row["name"], model, device)
 
     return BackboneSpec(row["name"], FAMILY, int(row["input_size"]), int(row["dim"]), "trained here (yours)",

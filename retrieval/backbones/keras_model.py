@@ -9,8 +9,7 @@ under TensorFlow, JAX or torch (``KERAS_BACKEND``).
 from __future__ import annotations
 
 import threading
-
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -39,7 +38,7 @@ class GlobalPooling(keras.layers.Layer):
         return {**super().get_config(), "kind": self.kind, "p": self.p}
 
 
-def _bucket(n: int, batch_size: int) -> int:
+def bucket(n: int, batch_size: int) -> int:
     """Pad to the next power of two up to the batch size.
 
     A compiled backend traces once per input shape: with buckets a single
@@ -57,7 +56,7 @@ def _bucket(n: int, batch_size: int) -> int:
 class KerasBackbone(Backbone):
     """Wraps a feature-map model: preprocess in numpy, then one compiled call.
 
-    Batches are padded to a few fixed sizes (see ``_bucket``) so compiled
+    Batches are padded to a few fixed sizes (see ``bucket``) so compiled
     backends (XLA, JAX) do not trace again for every ragged final batch.
     """
 
@@ -94,7 +93,7 @@ class KerasBackbone(Backbone):
         if n == 0:
             return np.zeros((0,) + tuple(model.output_shape[1:]), np.float32)
         x = self.preprocess(np.asarray(images, dtype=np.float32))
-        size = _bucket(n, self.batch_size)
+        size = bucket(n, self.batch_size)
         if n < size:
             x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
         with self._lock, placed(self.placement):
@@ -104,7 +103,7 @@ class KerasBackbone(Backbone):
     def embed(self, images: np.ndarray) -> np.ndarray:
         return self._run(self.model, images)
 
-    def with_pooling(self, pooling: str, gem_p: float) -> "KerasBackbone":
+    def with_pooling(self, pooling: str, gem_p: float) -> KerasBackbone:
         """The same network (shared weights, no rebuild) with another pooling."""
         if (pooling, gem_p) == (self.pooling, self.gem_p):
             return self

@@ -1,0 +1,16 @@
+"""The service layer: what the CLI, the app and Python users call.
+
+- ``studio``: the ``Studio`` facade, which passes each call on to
+- ``models`` (the backbones of one Studio), ``indexing`` (files -> vectors),
+  ``searching`` (complete galleries, rankers, the IVF index, search,
+  compare, evaluate), ``galleries`` (uploads, forks, removal, drops,
+  cleanup, sessions; ``blobs`` holds uploaded files), ``training`` (adapt),
+  ``insight`` (explain, embedding map);
+- ``caches``: every in-memory cache, keyed by never-reused identities;
+- ``reports``: the values handed back.
+"""
+
+from .reports import AdaptReport, Comparison, Hit, IndexReport, SearchResult, ServiceError, Session
+from .studio import Studio
+
+__all__ = ["AdaptReport", "Comparison", "Hit", "IndexReport", "SearchResult", "ServiceError", "Session", "Studio"]

@@ -1,0 +1,132 @@
+"""The backbones one ``Studio`` can use, and the networks it has loaded.
+
+Why per Studio: a model trained with ``adapt`` belongs to the database that
+stores its weights. The built-in registry (``retrieval.backbones.REGISTRY``)
+is read-only; each Studio adds the trained models of its own database, and
+looks a name up in the database when another Studio or process trained it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from ..backbones import REGISTRY, Backbone, BackboneSpec, BackboneUnavailable
+from ..backbones.adapted import spec_for
+from ..config import ExtractorConfig
+from ..store import Store
+from .caches import Caches
+from .reports import ServiceError
+
+CNN_FAMILIES = ("cnn", "adapted")  # backbones that run a network and so have a device
+
+
+class Models:
+    def __init__(self, store: Store, caches: Caches, device: str = "auto", batch_size: int = 32):
+        self.store, self.caches, self.device, self.batch_size = store, caches, device, batch_size
+        self._trained: dict[str, BackboneSpec] = {}
+        self._loaded: dict[tuple, Backbone] = {}
+        self._placements: dict[str, object] = {}
+        self._lock = threading.RLock()
+        for row in store.adapted():
+            self._register(row)
+
+    # -- names --------------------------------------------------------------
+    def spec(self, name: str) -> BackboneSpec:
+        if name in REGISTRY:
+            return REGISTRY[name]
+        with self._lock:
+            if name not in self._trained:
+                rows = self.store.adapted(name)  # trained by another Studio on this database?
+                if not rows:
+                    raise BackboneUnavailable(f"unknown model {name!r}; known: {', '.join([*REGISTRY, *self._trained])}")
+                self._register(rows[0])
+            return self._trained[name]
+
+    def resolve(self, cfg: ExtractorConfig) -> ExtractorConfig:
+        return cfg.resolved(self.spec(cfg.backbone))
+
+    def listing(self) -> list[dict]:
+        out = []
+        for spec in [*REGISTRY.values(), *self._trained.values()]:
+            ready, why = spec.ready()
+            out.append({"name": spec.name, "family": spec.family, "dim": spec.dim, "input_size": spec.input_size,
+                        "ready": ready, "status": why, "licence": spec.licence, "source": spec.source})
+        return out
+
+    # -- loaded networks ------------------------------------------------------
+    def placement(self, device: str | None = None):
+        """``auto``/``cpu``/``gpu`` -> a placement, or ``DeviceError`` saying why not."""
+        device = device or self.device
+        with self._lock:
+            if device not in self._placements:
+                from ..device import resolve
+
+                self._placements[device] = resolve(device)
+            return self._placements[device]
+
+    def backbone(self, cfg: ExtractorConfig, device: str | None = None) -> Backbone:
+        """Load a backbone once per Studio and device; poolings share one network."""
+        cfg = self.resolve(cfg)
+        spec = self.spec(cfg.backbone)
+        placement = self.placement(device) if spec.family in CNN_FAMILIES else None
+        key = (cfg.backbone, cfg.weights, cfg.input_size, getattr(placement, "kind", "cpu"))
+        with self._lock:
+            base = self._loaded.get(key)
+            if base is None:
+                weights = None if cfg.weights in ("imagenet", "none") else cfg.weights
+                base = spec.build(cfg.pooling, cfg.gem_p, placement, input_size=cfg.input_size, weights=weights,
+                                  batch_size=self.batch_size)
+                self._loaded[key] = base
+        return base.with_pooling(cfg.pooling, cfg.gem_p)
+
+    # -- trained models -------------------------------------------------------
+    def _register(self, row: dict) -> None:
+        name = row["name"]
+
+        def base_backbone(base: dict) -> Backbone:
+            return self.backbone(ExtractorConfig(**base))
+
+        def params() -> bytes:
+            return self.store.adapted(name, with_params=True)[0]["params"]
+
+        self._trained[name] = spec_for(row, base_backbone, params)
+
+    def add_trained(self, row: dict) -> None:
+        if row["name"] in REGISTRY:
+            raise ServiceError(f"{row['name']!r} is a built-in model's name")
+        self.store.save_adapted(row)
+        with self._lock:
+            self._register(row)
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.spec(name)
+            return True
+        except BackboneUnavailable:
+            return False
+
+    def base_config(self, name: str) -> ExtractorConfig:
+        rows = self.store.adapted(name)
+        if not rows:
+            raise ServiceError(f"no adapted model named {name!r}")
+        return ExtractorConfig(**json.loads(rows[0]["base"]))
+
+    def trained(self) -> list[dict]:
+        """Trained models with their settings and before/after figures."""
+        return [{**r, "settings": json.loads(r["settings"]), "figures": json.loads(r["figures"]),
+                 "base": json.loads(r["base"])} for r in self.store.adapted()]
+
+    def delete_trained(self, name: str) -> bool:
+        """A trained model, its vectors, its loaded network and every cache built on them."""
+        rows = self.store.adapted(name)
+        if not rows:
+            return False
+        key = self.resolve(ExtractorConfig(backbone=name)).key
+        config_id = self.store.find_config(self.resolve(ExtractorConfig(backbone=name)))
+        with self._lock:
+            self._loaded = {k: v for k, v in self._loaded.items() if k[0] != name}
+            self._trained.pop(name, None)
+        if config_id is not None:
+            self.caches.forget_config(config_id)
+        return self.store.delete_adapted(name, key)

@@ -1,0 +1,133 @@
+"""What the service hands back: reports and results as small typed values.
+
+Why their own module: the CLI prints them, the app renders them and tests
+assert on them; none of those needs the machinery that made them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..evaluation import Agreement
+from ..files import Skipped
+
+
+class ServiceError(RuntimeError):
+    """A request that cannot be served; the message is for the user."""
+
+
+@dataclass
+class IndexReport:
+    collection: str
+    config: str
+    added: list[str] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (name, same content as)
+    unchanged: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # members whose file now holds other content
+    computed: int = 0  # embeddings the model produced
+    reused: int = 0  # embeddings found in the cache
+    seconds: float = 0.0
+    device: str = ""
+    limit: str | None = None  # the whole-upload cap that was hit, if any
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds else 0.0
+
+    def merge(self, other: IndexReport) -> IndexReport:
+        """One report for a command that took a folder and some files or zips."""
+        self.added += other.added
+        self.duplicates += other.duplicates
+        self.skipped += other.skipped
+        self.replaced += other.replaced
+        self.unchanged += other.unchanged
+        self.computed += other.computed
+        self.reused += other.reused
+        self.seconds += other.seconds
+        self.device = self.device or other.device
+        self.limit = self.limit or other.limit
+        return self
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["duplicates"] = [{"name": n, "duplicate_of": d} for n, d in self.duplicates]
+        out["skipped"] = [{"name": s.name, "reason": s.reason} for s in self.skipped]
+        out["images_per_second"] = self.images_per_second
+        return out
+
+
+@dataclass
+class AdaptReport:
+    name: str  # the new backbone's name
+    method: str
+    collection: str
+    map_before: float
+    map_after: float
+    p_at_1_before: float
+    p_at_1_after: float
+    train_images: int
+    validation_images: int
+    test_queries: int
+    seconds: float
+    training: dict
+    settings: dict
+    base: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    name: str
+    path: str | None
+    label: str | None
+    score: float
+    sha256: str
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    timings: dict[str, float]  # milliseconds per stage
+    device: str
+    config: str
+    search: dict
+
+    def to_json(self) -> dict:
+        return {"results": [asdict(h) for h in self.hits], "timings": self.timings, "device": self.device,
+                "config": self.config, "search": self.search}
+
+
+@dataclass
+class Comparison:
+    a: SearchResult
+    b: SearchResult
+    agreement: Agreement
+
+    def to_json(self) -> dict:
+        return {"a": self.a.to_json(), "b": self.b.to_json(), "agreement": self.agreement.to_json()}
+
+
+@dataclass(frozen=True)
+class Session:
+    """The gallery one browser tab works on, as ``Studio.session`` decided it."""
+
+    collection: str
+    note: str | None  # one line for the user when their previous gallery was gone
+    private: bool  # False: the shared, read-only template
+
+
+@dataclass(frozen=True)
+class CollectionRef:
+    """A collection as an operation holds it: by id, which is never reused.
+
+    The name is for messages; writes go to the id, so an operation whose
+    collection was dropped meanwhile stops instead of writing into a new
+    collection that took the same name.
+    """
+
+    id: int
+    name: str

@@ -1,0 +1,198 @@
+"""Searching: a complete gallery -> a prepared ranker (exact or IVF) -> hits, comparisons, evaluation.
+
+Why the gallery is completed here: a gallery served for a configuration
+must hold every current member with a readable file, whatever backbone
+indexed it first. Missing vectors are computed the first time a generation
+of the collection is served, so uploading with one backbone and then
+searching with another finds the new images; after that, the generation
+keys every cache and a search costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ..ann import AUTO_THRESHOLD
+from ..config import ExtractorConfig, SearchConfig
+from ..decode import DecodeError, to_pixels
+from ..evaluation import EvalReport, agreement, exact_duplicate_groups, leave_one_out
+from ..pooling import l2_normalize
+from ..ranking import Ranker, build_ranker
+from ..settings import Limits
+from ..store import Gallery, Store
+from ..whitening import Whitening
+from .caches import Caches
+from .indexing import Indexer, Progress
+from .models import Models
+from .reports import CollectionRef, Comparison, Hit, SearchResult, ServiceError
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 2)
+
+
+class Searcher:
+    def __init__(self, store: Store, models: Models, indexer: Indexer, caches: Caches, limits: Limits):
+        self.store, self.models, self.indexer, self.caches, self.limits = store, models, indexer, caches, limits
+        self._ann_lock = threading.Lock()  # an IVF index is synced and saved by one thread at a time
+
+    # -- galleries and rankers ---------------------------------------------------
+    def gallery(self, ref: CollectionRef, cfg: ExtractorConfig, progress: Progress | None = None) -> tuple[int, Gallery]:
+        """(config id, the collection's complete gallery for ``cfg``)."""
+        cfg = self.models.resolve(cfg)
+        config_id = self.store.config_id(cfg, self.models.spec(cfg.backbone).dim)
+        generation = self.store.generation(ref.id)
+        if generation < 0:
+            raise ServiceError(f"the gallery {ref.name!r} no longer exists")
+        gallery = self.caches.galleries.get((ref.id, config_id, generation))
+        if gallery is None:
+            self.indexer.ensure(ref, cfg, progress)
+            complete_at = self.store.generation(ref.id)
+            gallery = self.store.gallery(ref.id, config_id)
+            if gallery.generation == complete_at:  # nothing changed meanwhile: complete, so cacheable
+                self.caches.galleries.put((ref.id, config_id, gallery.generation), gallery)
+        if not gallery.members:
+            if not self.store.members(ref.id):
+                raise ServiceError(f"the gallery {ref.name!r} has no images yet: add some first")
+            raise ServiceError(f"no image of the gallery {ref.name!r} could be read for {cfg.label}")
+        return config_id, gallery
+
+    def ranker(self, ref: CollectionRef, cfg: ExtractorConfig, scfg: SearchConfig,
+               progress: Progress | None = None) -> tuple[Ranker, Gallery]:
+        """A prepared ranker, reused until the collection changes."""
+        config_id, gallery = self.gallery(ref, cfg, progress)
+        use_ann = scfg.index == "ivf" or (scfg.index == "auto" and len(gallery.members) >= AUTO_THRESHOLD)
+        key = (ref.id, config_id, gallery.generation, scfg.metric, scfg.rerank, scfg.whiten, use_ann)
+        ranker = self.caches.rankers.get(key)
+        if ranker is None:
+            def fitted(kind: str, fit) -> Whitening:
+                arrays = self.store.load_transform(ref.id, config_id, kind, gallery.generation)
+                if arrays is not None:
+                    return Whitening.from_arrays(arrays)
+                learned = fit()
+                self.store.save_transform(ref.id, config_id, kind, gallery.generation, learned.to_arrays())
+                return learned
+
+            ann = self._ann_index(ref.id, config_id, gallery) if use_ann else None
+            ranker = build_ranker(gallery.vectors, scfg.metric, scfg.rerank, scfg.whiten, fitted=fitted, ann=ann,
+                                  ids=gallery.ids if use_ann else None)
+            self.caches.rankers.put(key, ranker)
+        return ranker, gallery
+
+    # -- the approximate index ------------------------------------------------------
+    @property
+    def ann_folder(self) -> Path:
+        return self.store.path.parent / f"{self.store.path.stem}.ann"
+
+    def ann_path(self, cid: int, config_id: int) -> Path:
+        """The approximate index lives beside the database, one file per gallery and configuration."""
+        return self.ann_folder / f"{cid}-{config_id}.faiss"
+
+    def _ann_index(self, cid: int, config_id: int, gallery: Gallery):
+        """Load or build the IVF index, bring it up to date with the gallery, save if changed.
+
+        It is keyed by image ids, which are never reused, so syncing by id
+        sets is exact: an id it holds is the picture it was built from.
+        """
+        from ..ann import AnnIndex
+
+        with self._ann_lock:
+            return self._sync_ann(cid, config_id, gallery, AnnIndex)
+
+    def _sync_ann(self, cid: int, config_id: int, gallery: Gallery, AnnIndex):
+        path = self.ann_path(cid, config_id)
+        ann = self.caches.anns.get((cid, config_id))
+        if ann is None and path.exists():
+            ann = AnnIndex.load(path)
+        if ann is None:
+            ann = AnnIndex.build(gallery.ids, gallery.vectors)
+            changed = True
+        else:
+            changed = any(ann.sync(gallery.ids, gallery.vectors))
+        if changed:
+            ann.save(path)
+        self.caches.anns.put((cid, config_id), ann)
+        return ann
+
+    def forget(self, cid: int) -> None:
+        """A dropped collection: its caches and index files go."""
+        self.caches.forget_collection(cid)
+        for path in self.ann_folder.glob(f"{cid}-*.faiss"):
+            path.unlink(missing_ok=True)
+
+    def forget_all_indexes(self) -> None:
+        """Index files keyed by ids from before ids were never reused (see ``Store``)."""
+        shutil.rmtree(self.ann_folder, ignore_errors=True)
+
+    # -- queries ------------------------------------------------------------------
+    def embed_query(self, image, cfg: ExtractorConfig, device: str | None = None) -> tuple[np.ndarray, dict[str, float], str]:
+        """A path, bytes, a PIL image or an RGB array -> its L2-normalised vector."""
+        backbone = self.models.backbone(cfg, device)
+        start = time.perf_counter()
+        try:
+            pixels = to_pixels(image, backbone.input_size, self.limits)
+        except DecodeError as exc:
+            raise ServiceError(f"cannot use the query image: {exc}") from None
+        decode_ms = _ms(start)
+        start = time.perf_counter()
+        vector = l2_normalize(backbone.embed(pixels[None]))[0]
+        return vector, {"decode_ms": decode_ms, "embed_ms": _ms(start)}, backbone.device
+
+    def search(self, image, ref: CollectionRef, cfg: ExtractorConfig, scfg: SearchConfig, device: str | None = None,
+               progress: Progress | None = None) -> SearchResult:
+        return self._search(image, ref, self.models.resolve(cfg), scfg, device, progress)[0]
+
+    def _search(self, image, ref, cfg, scfg, device, progress) -> tuple[SearchResult, Gallery, Ranker, np.ndarray]:
+        started = time.perf_counter()
+        ranker, gallery = self.ranker(ref, cfg, scfg, progress)
+        vector, timings, device = self.embed_query(image, cfg, device)
+        start = time.perf_counter()
+        ranking = ranker.search(vector[None], scfg.k)
+        timings = {**timings, "search_ms": _ms(start), "total_ms": _ms(started)}
+        hits = []
+        for rank, (row, score) in enumerate(zip(ranking.indices[0], ranking.scores[0]), start=1):
+            m = gallery.members[row]
+            hits.append(Hit(rank, m.name, m.path, m.label, float(score), m.sha256))
+        return SearchResult(hits, timings, device, cfg.key, asdict(scfg)), gallery, ranker, vector
+
+    def compare(self, image, ref: CollectionRef, a: tuple[ExtractorConfig, SearchConfig],
+                b: tuple[ExtractorConfig, SearchConfig], devices: tuple[str | None, str | None] = (None, None),
+                progress: Progress | None = None) -> Comparison:
+        """Two configurations, one query: both result lists and how they agree."""
+        results, orders = [], []
+        for (cfg, scfg), device in zip((a, b), devices):
+            result, gallery, ranker, vector = self._search(image, ref, self.models.resolve(cfg), scfg, device, progress)
+            results.append(result)
+            orders.append((gallery, ranker.full_order(vector[None])[0]))
+        # Align both orders on image identity: the two galleries may differ
+        # in rows if one configuration could not read some files.
+        (ga, oa), (gb, ob) = orders
+        in_b = {m.sha256 for m in gb.members}
+        pos = {sha: i for i, sha in enumerate(m.sha256 for m in ga.members if m.sha256 in in_b)}
+        ra = np.array([pos[ga.members[r].sha256] for r in oa if ga.members[r].sha256 in pos])
+        rb = np.array([pos[gb.members[r].sha256] for r in ob if gb.members[r].sha256 in pos])
+        return Comparison(results[0], results[1], agreement(ra[None], rb[None], min(a[1].k, b[1].k)))
+
+    def evaluate(self, ref: CollectionRef, cfg: ExtractorConfig, scfg: SearchConfig,
+                 progress: Progress | None = None) -> EvalReport:
+        """Leave-one-out over the collection's labelled images."""
+        cfg = self.models.resolve(cfg)
+        ranker, gallery = self.ranker(ref, cfg, scfg, progress)
+        labels = gallery.labels
+        if not any(label is not None for label in labels):
+            raise ServiceError(
+                f"the gallery {ref.name!r} has no labels: index a folder with one subfolder per label, "
+                "or pass --labels with a filename,label CSV")
+        started = time.perf_counter()
+        vectors = gallery.vectors
+        report = leave_one_out(labels, lambda rows, ex: ranker.full_order(vectors[rows], ex),
+                               exact_duplicate_groups(vectors))
+        report.seconds = time.perf_counter() - started
+        report.config = {"extractor": asdict(cfg), "key": cfg.key, "search": asdict(scfg), "collection": ref.name}
+        return report
