@@ -19,8 +19,11 @@ from .pooling import POOLINGS
 EXIT_USAGE = 2
 
 
+DB_HELP = "SQLite file (default: the app's data folder, see $RETRIEVAL_DATA_DIR)"
+
+
 def _add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help="SQLite file (default: the app's data folder, see $RETRIEVAL_DATA_DIR)")
+    p.add_argument("--db", help=DB_HELP)
     p.add_argument("--collection", default="default", help="gallery name (default: default)")
 
 
@@ -30,14 +33,17 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gem-p", type=float, default=C.DEFAULT_GEM_P, help="GeM exponent (default: 3)")
     p.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's own)")
     p.add_argument("--weights", default="imagenet", help="'imagenet' or a local Keras weights file")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
+                   help="where CNNs run: auto (a GPU if one works, else the CPU), cpu or gpu (default: auto)")
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default=C.DEFAULT_METRIC, choices=C.METRICS, help=f"default: {C.DEFAULT_METRIC}")
-    p.add_argument("--rerank", default=C.DEFAULT_RERANK, choices=C.RERANKS, help="none, qe (alpha query expansion) or dba")
+    p.add_argument("--rerank", default=C.DEFAULT_RERANK, choices=C.RERANKS,
+                   help=f"re-ranking after the first search, e.g. qe (alpha query expansion) or dba "
+                        f"(default: {C.DEFAULT_RERANK})")
     p.add_argument("--whiten", default=C.DEFAULT_WHITEN, choices=C.WHITENINGS,
-                   help=f"post-processing learned on the collection: none, center (subtract its mean) or pca "
+                   help=f"post-processing learned on the collection, e.g. center (subtract its mean) or pca "
                         f"(PCA-whitening with shrinkage); default: {C.DEFAULT_WHITEN}")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -52,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list backbones, their dimension, and whether they work offline")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--db", help="also list the models trained with 'adapt' in this database")
 
     p = sub.add_parser("index", help="add folders (recursively), image files or zip archives to a collection")
@@ -60,19 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder (labels from first-level subfolders), an image, or a zip (labels from its folders)")
     _add_db(p)
     _add_model(p)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call and per transaction (default: 32)")
     p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores, 2..8)")
     p.add_argument("--labels", help="CSV of filename,label (default: first-level subfolder names)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("search", help="rank a collection against a query image")
-    p.add_argument("image")
+    p.add_argument("image", help="the query: an image file")
     _add_db(p)
     _add_model(p)
     _add_search(p)
     _add_index(p)
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
 
     p = sub.add_parser("evaluate", help="leave-one-out mAP, P@k, R@k, nDCG over labelled images")
     _add_db(p)
@@ -80,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(p)
 
     p = sub.add_parser("remove", help="remove an image by path, name or sha256")
-    p.add_argument("target", metavar="PATH_OR_HASH")
-    p.add_argument("--db")
+    p.add_argument("target", metavar="PATH_OR_HASH", help="the image's indexed path, its name in the collection, "
+                   "or its sha256")
+    p.add_argument("--db", help=DB_HELP)
     p.add_argument("--collection", default=None, help="only from this collection (default: from every collection)")
 
     p = sub.add_parser("adapt", help="train a model for a labelled collection; it becomes a new backbone")
@@ -94,24 +101,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "the head, 5 for image models")
     p.add_argument("--test-fraction", type=float, default=0.3, help="labelled images held out for the figures")
     p.add_argument("--name", help="name of the new model (default: made up from method and backbone)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
 
     p = sub.add_parser("explain", help="heatmaps of what makes two images similar")
     p.add_argument("query", help="an image file")
     p.add_argument("result", help="an image file, or a member of the collection (name, path or sha256)")
     _add_db(p)
     _add_model(p)
-    p.add_argument("--whiten", default=C.DEFAULT_WHITEN, choices=C.WHITENINGS)
+    p.add_argument("--whiten", default=C.DEFAULT_WHITEN, choices=C.WHITENINGS,
+                   help=f"post-processing the heatmaps account for (default: {C.DEFAULT_WHITEN})")
     p.add_argument("--out", required=True, help="PNG to write: query and result side by side, overlaid")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
 
     p = sub.add_parser("delete-model", help="delete a model trained with 'adapt', and its vectors")
-    p.add_argument("name")
-    p.add_argument("--db")
+    p.add_argument("name", help="the model's name, as 'models --db DB' lists it")
+    p.add_argument("--db", help=DB_HELP)
 
     p = sub.add_parser("collections", help="list collections")
-    p.add_argument("--db")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--db", help=DB_HELP)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("drop", help="delete a collection, as the app's Reset does: its images that no other "
+                       "collection holds, their uploaded files, the models trained on it and its index files")
+    p.add_argument("collection", metavar="COLLECTION", help="the collection to delete (see 'collections')")
+    p.add_argument("--db", help=DB_HELP)
     return parser
 
 
@@ -139,11 +152,19 @@ def _studio(args, must_exist: bool = True):
 
 
 def cmd_models(args) -> int:
-    from .service import Studio
+    if args.db:  # the built-in backbones and the models trained in this database
+        models = _studio(args).models()
+    else:  # the built-in ones: listed by a Studio on a throwaway database, so both lists read the same
+        import tempfile
 
-    if args.db:
-        _studio(args)  # registers the models trained in this database
-    models = Studio.models()
+        from .service import Studio
+
+        with tempfile.TemporaryDirectory(prefix="retrieval-models-") as tmp:
+            studio = Studio(Path(tmp) / "models.sqlite", device="cpu")
+            try:
+                models = studio.models()
+            finally:
+                studio.close()
     if args.json:
         _print_json(models)
         return 0
@@ -219,7 +240,7 @@ def cmd_evaluate(args) -> int:
     if args.json:
         _print_json(report.to_json())
         return 0
-    print(f"{report.queries} queries, {_extractor(args).resolved().label}, metric {args.metric}, rerank {args.rerank}"
+    print(f"{report.queries} queries, {studio.resolve(_extractor(args)).label}, metric {args.metric}, rerank {args.rerank}"
           f", post-processing {args.whiten}")
     print(f"mAP {report.map:.4f}  P@1 {report.p_at[1]:.4f}  P@5 {report.p_at[5]:.4f}  P@10 {report.p_at[10]:.4f}  "
           f"R@10 {report.r_at[10]:.4f}  nDCG@10 {report.ndcg_at_10:.4f}  ({report.seconds:.2f} s)")
@@ -297,6 +318,15 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_drop(args) -> int:
+    studio = _studio(args)
+    info = next((c for c in studio.collections() if c.name == args.collection), None)
+    if info is None or not studio.drop_collection(args.collection):
+        raise FileNotFoundError(f"no collection named {args.collection!r} ('python -m retrieval collections' lists them)")
+    print(f"dropped {args.collection} ({info.images} images; files and models no other collection uses went with it)")
+    return 0
+
+
 def cmd_delete_model(args) -> int:
     studio = _studio(args)
     if not studio.delete_adapted(args.name):
@@ -306,7 +336,7 @@ def cmd_delete_model(args) -> int:
 
 
 COMMANDS = {"models": cmd_models, "adapt": cmd_adapt, "explain": cmd_explain, "delete-model": cmd_delete_model, "index": cmd_index, "search": cmd_search, "evaluate": cmd_evaluate,
-            "remove": cmd_remove, "collections": cmd_collections}
+            "remove": cmd_remove, "collections": cmd_collections, "drop": cmd_drop}
 
 
 def main(argv: list[str] | None = None) -> int:
