@@ -4,13 +4,16 @@ This file arranges components and calls the service layer; it holds no SQL,
 no numpy math and no model code. Run ``python app.py`` and open
 http://127.0.0.1:7860. Options: ``--host``, ``--port``, ``--share``,
 ``--data-dir`` (or ``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT``,
-``RETRIEVAL_DATA_DIR``) and the upload caps (``--max-files``,
-``--max-upload-mb``, ``--max-pixels``).
+``RETRIEVAL_DATA_DIR``), the upload caps (``--max-files``,
+``--max-upload-mb``, ``--max-pixels``) and the session sweep
+(``--session-ttl``, ``--cleanup-every``).
 
 Privacy on a shared server: the built-in demo gallery is shared and never
 changed. A browser session that uploads or removes images gets its own
 copy-on-write collection (``session-…``), visible to that session only and
-dropped after ``--session-ttl`` seconds without use.
+dropped after ``--session-ttl`` seconds without use. Which gallery a tab
+works on is the service's decision (``Studio.session``): a tab whose gallery
+expired gets a fresh copy of the demo and a one-line note saying so.
 """
 
 
@@ -18,6 +21,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -57,6 +61,7 @@ class AppSettings:
     max_upload_mb: int
     max_pixels: int
     session_ttl_s: int
+    cleanup_every_s: float | None = None  # None: a quarter of the TTL, within 60..600 s
 
 
 def parse_args(argv: list[str] | None = None) -> AppSettings:
@@ -71,12 +76,20 @@ def parse_args(argv: list[str] | None = None) -> AppSettings:
     p.add_argument("--max-pixels", type=int, default=int(os.environ.get("RETRIEVAL_MAX_PIXELS", "64000000")))
     p.add_argument("--session-ttl", type=int, default=int(os.environ.get("RETRIEVAL_SESSION_TTL_S", str(6 * 3600))),
                    help="seconds before an idle session's gallery is deleted")
+    every = os.environ.get("RETRIEVAL_CLEANUP_EVERY_S")
+    p.add_argument("--cleanup-every", type=float, default=float(every) if every else None, metavar="SECONDS",
+                   help="seconds between sweeps for idle sessions (or RETRIEVAL_CLEANUP_EVERY_S; default: a quarter "
+                        "of --session-ttl, kept within 60..600). Tests set it low, with a small --session-ttl, "
+                        "to expire a session in seconds")
     a = p.parse_args(argv)
+    if a.cleanup_every is not None and a.cleanup_every <= 0:
+        p.error("--cleanup-every must be a positive number of seconds")
     if a.data_dir:
         os.environ["RETRIEVAL_DATA_DIR"] = a.data_dir
     from retrieval.settings import data_dir
 
-    return AppSettings(a.host, a.port, a.share, data_dir(), a.max_files, a.max_upload_mb, a.max_pixels, a.session_ttl)
+    return AppSettings(a.host, a.port, a.share, data_dir(), a.max_files, a.max_upload_mb, a.max_pixels, a.session_ttl,
+                       a.cleanup_every)
 
 
 def _prepare_environment(settings: AppSettings) -> None:
@@ -134,13 +147,17 @@ class Backend:
         finally:
             self.ready.set()
 
+    def cleanup_interval(self) -> float:
+        every = self.settings.cleanup_every_s
+        return every if every is not None else max(60, min(600, self.settings.session_ttl_s // 4))
+
     def _cleanup_loop(self) -> None:
         while True:
             try:
                 self.studio.cleanup(SESSION_PREFIX, self.settings.session_ttl_s)
             except Exception:
                 pass  # a busy database is retried next round
-            time.sleep(max(60, min(600, self.settings.session_ttl_s // 4)))
+            time.sleep(self.cleanup_interval())
 
     def wait(self) -> None:
         self.ready.wait(timeout=600)
@@ -174,22 +191,41 @@ def build(backend: Backend):
     export_root = backend.settings.data_dir / "exports"
 
     # -- helpers: names and formatting, no engine logic ----------------------
-    def collection_of(session: str | None) -> str:
-        return session or DEMO
+    def code(text) -> str:
+        """User-provided text (a file name, a label) as a markdown code span: shown as typed, never a
+        link, emphasis or HTML, whatever backticks or brackets it holds. The one way this app puts
+        names and labels into markdown."""
+        text = " ".join(str(text).split())  # one line: a blank line would end the span
+        if not text:
+            return "“”"
+        fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+        pad = " " if text[0] == "`" or text[-1] == "`" else ""  # CommonMark strips one space on each side
+        return f"{fence}{pad}{text}{pad}{fence}"
 
-    def writable(session: str | None) -> str:
-        """The session's own gallery, forked from the demo on first change."""
-        name = session or f"{SESSION_PREFIX}{secrets.token_hex(8)}"
-        studio.fork(DEMO, name)
-        return name
+    def open_session(current, request, writable=False):
+        """The gallery this tab works on: the service decides (its own, the demo, or a fresh copy).
 
-    def session_models(session) -> list[str]:
+        The owner is Gradio's session hash: one per page load (and per gradio_client Client),
+        so concurrent first uploads of one page end in one gallery.
+        """
+        owner = getattr(request, "session_hash", None) or f"anonymous-{secrets.token_hex(8)}"
+        return studio.session(owner, current, template=DEMO, prefix=SESSION_PREFIX, writable=writable)
+
+    def state(s) -> str | None:
+        """What the page keeps in its ``session`` State: its private gallery's name, or None for the demo."""
+        return s.collection if s.private else None
+
+    def with_note(s, text: str) -> str:
+        """A handler's message, after the session's one-line note (e.g. "your gallery expired") if any."""
+        return f"**Note:** {' '.join(s.note.split())}\n\n{text}" if s.note else text
+
+    def session_models(collection: str) -> list[str]:
         """Ready backbones, plus the models trained on this session's gallery (or on the demo)."""
-        own = {collection_of(session), DEMO}
+        own = {collection, DEMO}
         return model_choices + [m["name"] for m in studio.adapted_models() if m["collection"] in own]
 
-    def configs(backbone, pooling, metric, rerank, whiten, k, session=None):
-        if backbone not in session_models(session):
+    def configs(backbone, pooling, metric, rerank, whiten, k, collection=DEMO):
+        if backbone not in session_models(collection):
             raise gr.Error(f"unknown or unavailable backbone {backbone!r}")
         return ExtractorConfig(backbone=backbone, pooling=pooling), SearchConfig(metric=metric, k=int(k), rerank=rerank, whiten=whiten)
 
@@ -203,7 +239,7 @@ def build(backend: Backend):
 
     def friendly(fn):
         """Turn the engine's user-facing errors into a toast, never a traceback."""
-        @functools.wraps(fn)  # Gradio reads the signature: API names, defaults, gr.Progress
+        @functools.wraps(fn)  # Gradio reads the signature: API names, defaults, gr.Progress, gr.Request
         def wrapper(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
@@ -211,54 +247,57 @@ def build(backend: Backend):
                 raise gr.Error(str(exc).splitlines()[0]) from None
         return wrapper
 
-    def gallery_items(session):
-        return [(m.path, f"{m.label or 'unlabelled'} · {m.name}") for m in studio.members(collection_of(session)) if m.path]
+    def gallery_items(s):
+        return [(m.path, f"{m.label or 'unlabelled'} · {m.name}") for m in studio.members(s.collection) if m.path]
 
-    def gallery_info(session) -> str:
-        members = studio.members(collection_of(session))
+    def gallery_info(s) -> str:
+        members = studio.members(s.collection)
         labels = {m.label for m in members if m.label}
-        owner = "the shared demo gallery (read-only: changes make your own copy)" if not session else "your private gallery"
+        owner = "your private gallery" if s.private else "the shared demo gallery (read-only: changes make your own copy)"
         return f"**{len(members)} images**, {len(labels)} labels — {owner}."
 
     # -- event handlers --------------------------------------------------------
+    # Each handler that works on a gallery asks the service which one (``open_session``), returns
+    # the answer to the ``session`` State, and shows the service's note in its own message area.
     @friendly
     def search(query, backbone=DEFAULT_BACKBONE, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK,
-               whiten=DEFAULT_WHITEN, k=8, device="auto", session=None):
+               whiten=DEFAULT_WHITEN, k=8, device="auto", session=None, request: gr.Request = None):
         """Rank the gallery against the query image; returns results and timings."""
         if query is None:
             raise gr.Error("Choose a query image first (upload, webcam, paste, or click a gallery image).")
         backend.wait()
-        cfg, scfg = configs(backbone, pooling, metric, rerank, whiten, k, session)
-        studio.touch(collection_of(session))
-        result = studio.search(query, collection_of(session), cfg, scfg, device=device)
-        return captions(result), timing_line(result)
+        s = open_session(session, request)
+        cfg, scfg = configs(backbone, pooling, metric, rerank, whiten, k, s.collection)
+        result = studio.search(query, s.collection, cfg, scfg, device=device)
+        return captions(result), with_note(s, timing_line(result)), state(s)
 
     @friendly
     def compare(query, a_backbone, a_pooling, a_metric, a_rerank, b_backbone, b_pooling, b_metric, b_rerank,
-                k=8, a_device="auto", b_device="auto", session=None):
+                k=8, a_device="auto", b_device="auto", session=None, request: gr.Request = None):
         """Two configurations on one query, side by side, with their agreement."""
         if query is None:
             raise gr.Error("Choose a query image first.")
         backend.wait()
-        a = configs(a_backbone, a_pooling, a_metric, a_rerank, DEFAULT_WHITEN, k, session)
-        b = configs(b_backbone, b_pooling, b_metric, b_rerank, DEFAULT_WHITEN, k, session)
-        cmp = studio.compare(query, collection_of(session), a, b, devices=(a_device, b_device))
+        s = open_session(session, request)
+        a = configs(a_backbone, a_pooling, a_metric, a_rerank, DEFAULT_WHITEN, k, s.collection)
+        b = configs(b_backbone, b_pooling, b_metric, b_rerank, DEFAULT_WHITEN, k, s.collection)
+        cmp = studio.compare(query, s.collection, a, b, devices=(a_device, b_device))
         ag = cmp.agreement
         summary = (f"**overlap@{ag.k}: {ag.overlap_at_k:.2f}** · Kendall τ (top-{ag.k} union): {ag.kendall_tau:.2f} "
                    f"· Spearman ρ (full ranking): {ag.spearman_rho:.2f}")
-        return captions(cmp.a), timing_line(cmp.a), captions(cmp.b), timing_line(cmp.b), summary
+        return captions(cmp.a), timing_line(cmp.a), captions(cmp.b), timing_line(cmp.b), with_note(s, summary), state(s)
 
     def as_paths(files) -> list[Path]:
         return [Path(f if isinstance(f, str) else f.name) for f in files or []]
 
     @friendly
-    def add_images(files, session=None, progress=gr.Progress()):
+    def add_images(files, session=None, progress=gr.Progress(), request: gr.Request = None):
         """Add images and zip archives (labels from the folders inside a zip) to your gallery."""
         uploads = [(p, p.name, None) for p in as_paths(files)]
-        return ingest(uploads, session, progress)
+        return ingest(uploads, session, progress, request)
 
     @friendly
-    def add_folder(files, relative_paths, session=None, progress=gr.Progress()):
+    def add_folder(files, relative_paths, session=None, progress=gr.Progress(), request: gr.Request = None):
         """A folder upload: first-level subfolders of the chosen folder become labels."""
         known: dict[tuple[str, int], list[str]] = {}
         for rel, name, size in json.loads(relative_paths or "[]"):
@@ -268,92 +307,117 @@ def build(backend: Backend):
             candidates = known.get((p.name, p.stat().st_size)) if p.exists() else None
             parts = Path(candidates.pop(0)).parts[1:] if candidates else (p.name,)  # drop the chosen folder itself
             uploads.append((p, "/".join(parts), parts[0] if len(parts) > 1 else None))
-        return ingest(uploads, session, progress)
+        return ingest(uploads, session, progress, request)
 
-    def ingest(uploads, session, progress):
+    def ingest(uploads, session, progress, request):
         if not uploads:
             raise gr.Error("Choose images, a folder or a zip to add.")
         backend.wait()
-        session = writable(session)
+        s = open_session(session, request, writable=True)
         progress(0, desc="Reading uploads…")
 
         def report_progress(done, total, message):
             progress((done, max(total, 1)), desc=f"Indexing: {message}")
 
-        report = studio.upload(uploads, session, progress=report_progress)
+        report = studio.upload(uploads, s.collection, progress=report_progress, create=False)  # never resurrect
         lines = [f"**{len(report.added)} added**, {len(report.duplicates)} duplicates, "
                  f"{report.unchanged} already in the gallery, **{len(report.skipped)} skipped** "
                  f"({report.computed} embeddings computed in {report.seconds:.1f} s on {report.device})."]
         if report.limit:
             lines.append(f"**Limit:** {report.limit}.")
-        lines += [f"- duplicate: `{n}` (same content as `{d}`)" for n, d in report.duplicates[:50]]
-        lines += [f"- skipped: `{s.name}`: {s.reason}" for s in report.skipped[:200]]
-        return "\n".join(lines), gallery_items(session), gallery_info(session), session
+        lines += [f"- duplicate: {code(n)} (same content as {code(d)})" for n, d in report.duplicates[:50]]
+        lines += [f"- skipped: {code(k.name)}: {' '.join(k.reason.split())}" for k in report.skipped[:200]]
+        return with_note(s, "\n".join(lines)), gallery_items(s), gallery_info(s), state(s), state(s)
 
     @friendly
-    def remove_selected(selected, session=None):
+    def remove_selected(selected, session=None, request: gr.Request = None):
         if selected is None:
             raise gr.Error("Click an image in the gallery first.")
-        session = writable(session)
-        studio.remove(selected, session)
-        return gallery_items(session), gallery_info(session), session, None
+        s = open_session(session, request, writable=True)
+        if s.note:  # the selection was made in a gallery that is gone: nothing of it to remove
+            return gallery_items(s), with_note(s, gallery_info(s)), state(s), None, state(s)
+        studio.remove(selected, s.collection)
+        return gallery_items(s), gallery_info(s), state(s), None, state(s)
 
-    def reset(session=None):
+    @friendly
+    def reset(session=None, request: gr.Request = None):
+        """Drop this tab's gallery (its uploads and models go with it) and go back to the shared demo."""
         if session:
             studio.drop_collection(session)
-        return gallery_items(None), gallery_info(None), None, None
+        s = open_session(None, request)
+        if s.private:  # a gallery of this tab's the page had not heard of yet (its first upload still running)
+            studio.drop_collection(s.collection)
+            s = open_session(None, request)
+        return gallery_items(s), gallery_info(s), state(s), None, state(s)
 
-    def refresh(session=None):
+    def refresh(session=None, request: gr.Request = None):
         backend.wait()
-        return gallery_items(session), gallery_info(session)
+        s = open_session(session, request)
+        return gallery_items(s), with_note(s, gallery_info(s)), state(s), state(s)
 
-    def on_gallery_select(session, evt: gr.SelectData):
-        members = [m for m in studio.members(collection_of(session)) if m.path]
+    def relist(session, listed, request: gr.Request = None):
+        """After an action that may have moved the tab to a new gallery: the Gallery tab lists that one."""
+        if session == listed:
+            return (gr.skip(),) * 4
+        return refresh(session, request)
+
+    def on_gallery_select(session, evt: gr.SelectData, request: gr.Request = None):
+        s = open_session(session, request)
+        members = [m for m in studio.members(s.collection) if m.path]
+        if s.note or not 0 <= evt.index < len(members):  # clicked in a gallery that changed meanwhile: show the new one
+            return (None, gr.skip(), gr.skip(), with_note(s, "Click an image to select it."), gallery_items(s),
+                    gallery_info(s), state(s), state(s))
         member = members[evt.index]
-        return member.path, member.path, member.path, f"Selected `{member.name}` ({member.label or 'unlabelled'}): it is now the query."
+        note = f"Selected {code(member.name)} ({code(member.label) if member.label else 'unlabelled'}): it is now the query."
+        return member.path, member.path, member.path, note, gr.skip(), gr.skip(), state(s), gr.skip()
 
-    def why_match(query, items, backbone, pooling, whiten, session, evt: gr.SelectData):
+    def why_match(query, items, backbone, pooling, whiten, session, evt: gr.SelectData, request: gr.Request = None):
         """Heatmaps for the clicked result: which regions of both images make them alike."""
         if query is None or not items:
             raise gr.Error("Search first, then click a result.")
+        s = open_session(session, request)
+        if s.note:  # the results came from a gallery that is gone
+            return gr.Column(visible=True), None, None, with_note(s, "Search again, then click a result."), state(s)
         clicked = items[evt.index]
         path = clicked[0] if isinstance(clicked, (tuple, list)) else clicked
         try:
-            cfg = configs(backbone, pooling, DEFAULT_METRIC, "none", whiten, 1, session)[0]
-            explanation, q_img, r_img = studio.explain(query, path, collection_of(session), cfg,
+            cfg = configs(backbone, pooling, DEFAULT_METRIC, "none", whiten, 1, s.collection)[0]
+            explanation, q_img, r_img = studio.explain(query, path, s.collection, cfg,
                                                        SearchConfig(whiten=whiten, rerank="none"))
         except (ServiceError, BackboneUnavailable, DeviceError, ValueError) as exc:
             raise gr.Error(str(exc).splitlines()[0]) from None
         base = " (explained through its base CNN: a trained head is not linear)" if cfg.backbone not in model_choices else ""
         note = (f"**Why this match?** Cosine similarity **{explanation.score:.3f}** before re-ranking, "
-                f"{cfg.resolved().label}{base}. Warm regions add to the similarity, blue ones subtract; "
+                f"{studio.resolve(cfg).label}{base}. Warm regions add to the similarity, blue ones subtract; "
                 "each map sums exactly to the score.")
-        return gr.Column(visible=True), q_img, r_img, note
+        return gr.Column(visible=True), q_img, r_img, note, state(s)
 
-    def embedding_map(query, backbone, pooling, whiten, k, session=None):
+    def embedding_map(query, backbone, pooling, whiten, k, session=None, request: gr.Request = None):
         """The gallery in 2-D (PCA), coloured by label, with the query and its top k marked."""
         if query is None:
-            return gr.ScatterPlot(visible=False)
+            return gr.ScatterPlot(visible=False), gr.skip()
         try:
-            cfg, scfg = configs(backbone, pooling, DEFAULT_METRIC, "none", whiten, k, session)
-            coords, members, point, rows = studio.embedding_map(collection_of(session), cfg, scfg, query)
+            s = open_session(session, request)
+            cfg, scfg = configs(backbone, pooling, DEFAULT_METRIC, "none", whiten, k, s.collection)
+            coords, members, point, rows = studio.embedding_map(s.collection, cfg, scfg, query)
         except (ServiceError, BackboneUnavailable, DeviceError, ValueError, gr.Error):
-            return gr.ScatterPlot(visible=False)  # a side panel: the search itself already said what is wrong
+            return gr.ScatterPlot(visible=False), gr.skip()  # a side panel: the search itself already said what is wrong
         top = set(rows.tolist())
         frame = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1],
                               "group": [f"top {k}" if i in top else (m.label or "unlabelled") for i, m in enumerate(members)],
                               "name": [m.name for m in members]})
         if point is not None:
             frame.loc[len(frame)] = [float(point[0]), float(point[1]), "★ query", "query"]
-        return gr.ScatterPlot(frame, visible=True)
+        return gr.ScatterPlot(frame, visible=True), state(s)
 
     adapt_cancels: dict[str, threading.Event] = {}
 
     def adapt_run(method, epochs, base_backbone, session=None, request: gr.Request = None):
         """Train on the gallery's labels in a thread; stream progress, the loss curve, then the figures."""
         backend.wait()
-        session = writable(session)  # a model is private to the session that trained it, like its uploads
-        collection = collection_of(session)
+        # a model is private to the session that trained it, like its uploads
+        s = open_session(session, request, writable=True)
+        collection, session = s.collection, state(s)
         key = request.session_hash if request is not None else "api"
         cancel = adapt_cancels[key] = threading.Event()
         history: list[dict] = []
@@ -388,13 +452,13 @@ def build(backend: Backend):
             thread.join(1.0)
             done = (f"epoch {position['epoch']} of at most {int(epochs)}, batch {position['batch']}/{position['steps']}"
                     if position else "preparing (reading vectors or decoding images)…")
-            yield (f"**Training `{method}`** on your gallery: {done} · "
-                   f"{time.monotonic() - started:.0f} s", curve(), gr.update(), *[gr.update()] * 4, session)
+            yield (with_note(s, f"**Training `{method}`** on your gallery: {done} · "
+                                f"{time.monotonic() - started:.0f} s"), curve(), gr.update(), *[gr.update()] * 4, session)
         adapt_cancels.pop(key, None)
         if "error" in outcome:
             exc = outcome["error"]
             message = "Cancelled: nothing was saved." if isinstance(exc, Cancelled) else f"Training failed: {str(exc).splitlines()[0]}"
-            yield message, curve(), gr.update(), *[gr.update()] * 4, session
+            yield with_note(s, message), curve(), gr.update(), *[gr.update()] * 4, session
             return
         r = outcome["report"]
         table = pd.DataFrame([
@@ -404,12 +468,12 @@ def build(backend: Backend):
         note = (f"**{r.name}** trained in {r.seconds:.1f} s on {r.train_images} images ({r.validation_images} for "
                 f"early stopping); figures on **{r.test_queries} held-out images** never seen in training, "
                 f"leave-one-out, same queries before and after. It is now a backbone: pick it anywhere.")
-        choices = session_models(session)
-        yield (note, curve(), table, gr.Dropdown(choices=choices), gr.Dropdown(choices=choices),
+        choices = session_models(collection)
+        yield (with_note(s, note), curve(), table, gr.Dropdown(choices=choices), gr.Dropdown(choices=choices),
                gr.Dropdown(choices=choices, value=r.name), gr.CheckboxGroup(choices=choices), session)
 
-    def model_lists(session=None):
-        choices = session_models(session)
+    def model_lists(session=None, request: gr.Request = None):
+        choices = session_models(open_session(session, request).collection)
         if choices == model_choices:  # nothing trained here: leave the page's components alone while it mounts
             return (gr.skip(),) * 4
         return (gr.Dropdown(choices=choices), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices),
@@ -424,18 +488,19 @@ def build(backend: Backend):
 
     @friendly
     def evaluate(backbones, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK, whiten=DEFAULT_WHITEN,
-                 session=None, progress=gr.Progress()):
+                 session=None, progress=gr.Progress(), request: gr.Request = None):
         """Leave-one-out evaluation of one or more backbones on the labelled gallery."""
         backend.wait()
         backbones = [backbones] if isinstance(backbones, str) else list(backbones or [DEFAULT_BACKBONE])
-        collection = collection_of(session)
+        s = open_session(session, request)
+        collection = s.collection
         rows, curves, classes, reports = [], [], [], []
         for i, name in enumerate(backbones):
             progress((i, len(backbones)), desc=f"Evaluating {name}…")
-            cfg, scfg = configs(name, pooling, metric, rerank, whiten, 10, session)
+            cfg, scfg = configs(name, pooling, metric, rerank, whiten, 10, collection)
             studio.ensure_embeddings(collection, cfg)
             report = studio.evaluate(collection, cfg, scfg)
-            tag = cfg.resolved().label
+            tag = studio.resolve(cfg).label
             reports.append(report.to_json())
             rows.append({"configuration": tag, "metric": metric, "rerank": rerank, "post": whiten,
                          "mAP": round(report.map, 4), "P@1": round(report.p_at[1], 4), "P@5": round(report.p_at[5], 4),
@@ -452,13 +517,15 @@ def build(backend: Backend):
         folder.mkdir(parents=True, exist_ok=True)
         csv_path, json_path = folder / f"evaluation-{stamp}.csv", folder / f"evaluation-{stamp}.json"
         table.to_csv(csv_path, index=False)
-        json_path.write_text(json.dumps({"collection": collection if not session else "session", "reports": reports}, indent=2))
+        shown = "session" if s.private else collection  # a session's gallery name is nobody's business
+        json_path.write_text(json.dumps({"collection": shown, "reports": reports}, indent=2))
         return (table, pd.DataFrame(curves), pd.DataFrame(classes), [str(csv_path), str(json_path)],
-                f"Evaluated {len(backbones)} configuration(s) on {rows[0]['queries']} labelled queries.")
+                with_note(s, f"Evaluated {len(backbones)} configuration(s) on {rows[0]['queries']} labelled queries."),
+                state(s))
 
-    def eval_hint(session=None):
+    def eval_hint(session=None, request: gr.Request = None):
         backend.wait()
-        members = studio.members(collection_of(session))
+        members = studio.members(open_session(session, request).collection)
         if not any(m.label for m in members):
             return ("This gallery has no labels, so there is nothing to score against. Add images in **one folder per "
                     "label** (a folder upload or a zip with subfolders), or index with a `filename,label` CSV "
@@ -481,7 +548,8 @@ def build(backend: Backend):
         return b, p, m, r
 
     with gr.Blocks(title="Image retrieval studio", delete_cache=(3600, 6 * 3600)) as ui:
-        session = gr.State(None)
+        session = gr.State(None)  # this tab's private gallery, or None for the shared demo (Studio.session decides)
+        listed = gr.State(None)  # the gallery the Gallery tab lists (same values as ``session``)
         gr.Markdown("# Image retrieval studio\nQuery a gallery with an image and see which images a CNN finds most "
                     "alike — under different backbones, poolings, metrics and re-rankings — with the numbers.")
         status = gr.Markdown(backend.status(), elem_id="status")
@@ -618,33 +686,43 @@ def build(backend: Backend):
 
         # -- wiring --------------------------------------------------------------
         search_inputs = [query, backbone, pooling, metric, rerank, whiten, k, device, session]
-        search_button.click(search, search_inputs, [results, timings], api_name="search").then(
-            embedding_map, [query, backbone, pooling, whiten, k, session], [emb_map], api_visibility="private")
-        compare_button.click(compare, [compare_query, a_backbone, a_pooling, a_metric, a_rerank, b_backbone, b_pooling,
-                                       b_metric, b_rerank, compare_k, a_device, b_device, session],
-                             [a_results, a_timings, b_results, b_timings, agreement], api_name="compare")
-        add_button.click(add_images, [upload, session], [summary, browse, info, session], api_name="add_images")
         private = {"api_visibility": "private"}  # UI-only events: not callable through the API
+        listing = [browse, info, session, listed]
+
+        def relisting(event) -> None:
+            """An action that may have moved the tab to a new gallery (it had expired) also updates the listing."""
+            event.then(relist, [session, listed], listing, **private)
+
+        search_inputs = [query, backbone, pooling, metric, rerank, whiten, k, device, session]
+        relisting(search_button.click(search, search_inputs, [results, timings, session], api_name="search").then(
+            embedding_map, [query, backbone, pooling, whiten, k, session], [emb_map, session], **private))
+        relisting(compare_button.click(
+            compare, [compare_query, a_backbone, a_pooling, a_metric, a_rerank, b_backbone, b_pooling, b_metric, b_rerank,
+                      compare_k, a_device, b_device, session],
+            [a_results, a_timings, b_results, b_timings, agreement, session], api_name="compare"))
+        add_button.click(add_images, [upload, session], [summary, *listing], api_name="add_images")
         folder_paths = gr.Textbox(visible=False)
-        folder.upload(add_folder, [folder, folder_paths, session], [summary, browse, info, session], js=FOLDER_JS, **private)
-        browse.select(on_gallery_select, [session], [selected_path, query, compare_query, selected_note], **private)
+        folder.upload(add_folder, [folder, folder_paths, session], [summary, *listing], js=FOLDER_JS, **private)
+        browse.select(on_gallery_select, [session], [selected_path, query, compare_query, selected_note, *listing],
+                      **private)
         use_button.click(lambda p: p, selected_path, query, **private)
-        remove_button.click(remove_selected, [selected_path, session], [browse, info, session, selected_path], **private)
-        reset_button.click(reset, [session], [browse, info, session, selected_path], **private)
-        eval_button.click(evaluate, [eval_backbones, eval_pooling, eval_metric, eval_rerank, eval_whiten, session],
-                          [eval_table, curve_plot, class_plot, exports, eval_note], api_name="evaluate")
+        remove_button.click(remove_selected, [selected_path, session], [browse, info, session, selected_path, listed],
+                            **private)
+        reset_button.click(reset, [session], [browse, info, session, selected_path, listed], api_name="reset")
+        relisting(eval_button.click(evaluate, [eval_backbones, eval_pooling, eval_metric, eval_rerank, eval_whiten, session],
+                                    [eval_table, curve_plot, class_plot, exports, eval_note, session], api_name="evaluate"))
         default_whiten = gr.State(DEFAULT_WHITEN)
-        results.select(why_match, [query, results, backbone, pooling, whiten, session],
-                       [why_panel, why_query, why_result, why_note], **private)
-        a_results.select(why_match, [compare_query, a_results, a_backbone, a_pooling, default_whiten, session],
-                         [cwhy_panel, cwhy_query, cwhy_result, cwhy_note], **private)
-        b_results.select(why_match, [compare_query, b_results, b_backbone, b_pooling, default_whiten, session],
-                         [cwhy_panel, cwhy_query, cwhy_result, cwhy_note], **private)
-        adapt_button.click(adapt_run, [adapt_method, adapt_epochs, adapt_base, session],
-                           [adapt_status, adapt_curve, adapt_table, backbone, a_backbone, b_backbone, eval_backbones,
-                            session], api_name="adapt")
+        relisting(results.select(why_match, [query, results, backbone, pooling, whiten, session],
+                                 [why_panel, why_query, why_result, why_note, session], **private))
+        relisting(a_results.select(why_match, [compare_query, a_results, a_backbone, a_pooling, default_whiten, session],
+                                   [cwhy_panel, cwhy_query, cwhy_result, cwhy_note, session], **private))
+        relisting(b_results.select(why_match, [compare_query, b_results, b_backbone, b_pooling, default_whiten, session],
+                                   [cwhy_panel, cwhy_query, cwhy_result, cwhy_note, session], **private))
+        relisting(adapt_button.click(adapt_run, [adapt_method, adapt_epochs, adapt_base, session],
+                                     [adapt_status, adapt_curve, adapt_table, backbone, a_backbone, b_backbone,
+                                      eval_backbones, session], api_name="adapt"))
         cancel_button.click(adapt_cancel, None, adapt_status, queue=False, **private)
-        ui.load(refresh, [session], [browse, info], **private)
+        ui.load(refresh, [session], listing, **private)
         ui.load(model_lists, [session], [backbone, a_backbone, b_backbone, eval_backbones], **private)
         ui.load(eval_hint, [session], [hint], **private)
     return ui

@@ -209,3 +209,87 @@ def test_clicking_a_gallery_image_makes_it_the_query(page):
     page.locator("#selected-note:has-text('it is now the query')").wait_for()
     _tab(page, "Search", "#query-image")
     page.locator("#query-image img").first.wait_for()
+
+
+@pytest.fixture(scope="module")
+def short_ttl_app(tmp_path_factory):
+    """An app whose sessions expire after 10 s without use (swept every half second)."""
+    from conftest import start_app, stop_app
+
+    data = tmp_path_factory.mktemp("short-ttl")
+    proc, url, log = start_app(data, "--session-ttl", "10", "--cleanup-every", "0.5")
+    yield url, data
+    stop_app(proc, log)
+
+
+def test_an_expired_session_carries_on_with_a_fresh_demo_and_a_note(browser, short_ttl_app, tmp_path):
+    """A tab left open past the session TTL: its next search works on a fresh copy of the demo, says so in one
+    line, shows no error, and its old images never come back (in results or in the Gallery tab).
+
+    On the way, the "Selected …" note shows a hostile label and a name with backticks as typed: no link.
+    """
+    import hashlib
+    import io
+    import time
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    url, data = short_ttl_app
+    archive, hashes = tmp_path / "mine.zip", set()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for seed in (7, 8):  # label "[x](http:evil.example)", a name with backticks
+            rng = np.random.default_rng(seed)
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(buf, "PNG")
+            zf.writestr(f"[x](http:evil.example)/vanishing-{seed}-``code``.png", buf.getvalue())
+            hashes.add(hashlib.sha256(buf.getvalue()).hexdigest())
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(url)
+        page.wait_for_selector("#status:has-text('Ready')")
+        _tab(page, "Gallery", "#gallery-upload")
+        _upload(page, "#gallery-upload", archive, shows="mine.zip")
+        page.locator("#add-button").click()
+        page.locator("#upload-summary strong:has-text('2 added')").wait_for()
+        assert "vanishing" in page.locator("#gallery-browser").inner_text()
+        page.locator("#gallery-browser img").last.click()  # the uploads come after the demo
+        selected = page.locator("#selected-note")
+        selected.locator("text=it is now the query").wait_for()
+        assert "[x](http:evil.example)" in selected.inner_text() and "``code``" in selected.inner_text()
+        assert selected.locator("a").count() == 0, selected.inner_html()
+        _tab(page, "Search", "#query-image")
+        page.locator("#query-image img").first.wait_for()
+        page.locator("#search-button").click()
+        page.locator("#results-gallery:has-text('evil.example')").wait_for()  # its own label: the tab's gallery, while it lives
+
+        def stored() -> bool:
+            return any(p.name.startswith(tuple(hashes)) for p in (data / "images").rglob("*") if p.is_file())
+
+        deadline = time.monotonic() + 60
+        while stored():  # the idle gallery is dropped, its files deleted
+            assert time.monotonic() < deadline, "the session was not dropped after its TTL"
+            page.wait_for_timeout(250)
+
+        page.locator("#search-button").click()
+        timings = page.locator("#search-timings")
+        timings.locator("text=Note:").wait_for()
+        timings.locator("text=embed").wait_for()  # the search itself ran
+        note = timings.locator("p").first.inner_text()
+        assert note.startswith("Note:") and "demo" in note and "\n" not in note.strip(), note
+        results = page.locator("#results-gallery")
+        results.locator("img").first.wait_for()
+        assert results.locator("img").count() == 8 and "evil.example" not in results.inner_text()
+        assert page.locator(".toast-body.error").count() == 0  # a note, not an error
+        _tab(page, "Gallery", "#gallery-browser")  # the tab moved to its new gallery: the listing too
+        demo_images = sum(1 for p in DEMO.rglob("*") if p.suffix in (".jpg", ".png"))
+        page.locator(f"#gallery-info:has-text('{demo_images} images')").wait_for()
+        assert "vanishing" not in page.locator("#gallery-browser").inner_text()
+        assert not stored()  # and the old gallery's files were never brought back
+        assert page.locator(".toast-body.error").count() == 0
+        _shot(page, "expired.png")
+    finally:
+        context.close()

@@ -36,7 +36,8 @@ class Galleries:
                  forget: Callable[[int], None]):
         self.store, self.blobs, self.indexer, self.models, self.limits = store, blobs, indexer, models, limits
         self._forget = forget  # the searcher's caches and index files of a dropped collection
-        self._touched: dict[int, float] = {}
+        self._touched: dict[int, float] = {}  # collection id -> when use was last written to the database
+        self._used: dict[int, float] = {}  # collection id -> when it was last used by this process
         self._owners: dict[str, str] = {}  # browser tab -> its private gallery's name
         self._sessions = threading.Lock()
 
@@ -51,7 +52,11 @@ class Galleries:
         return ref
 
     def touch(self, ref: CollectionRef) -> None:
+        """Use is recorded in memory at once and in the database at most once a
+        minute; cleanup consults both, so a TTL shorter than that still spares
+        a gallery in use."""
         now = time.monotonic()
+        self._used[ref.id] = now
         if now - self._touched.get(ref.id, -1e9) >= TOUCH_EVERY_S:
             self.store.touch(ref.id)
             self._touched[ref.id] = now
@@ -98,7 +103,9 @@ class Galleries:
     def cleanup(self, prefix: str, max_idle_s: float) -> list[str]:
         """Drop collections named ``prefix...`` idle for longer than ``max_idle_s``."""
         cutoff = (datetime.now(timezone.utc) - timedelta(seconds=max_idle_s)).isoformat(timespec="seconds")
-        return [name for cid, name in self.store.idle_collections(prefix, cutoff) if self._drop(cid, name, cutoff)]
+        now = time.monotonic()
+        return [name for cid, name in self.store.idle_collections(prefix, cutoff)
+                if now - self._used.get(cid, -1e18) > max_idle_s and self._drop(cid, name, cutoff)]
 
     def _drop(self, cid: int, name: str, idle_before: str | None = None) -> bool:
         held = self.store.drop_collection(cid, idle_before)
@@ -109,6 +116,7 @@ class Galleries:
                 self.models.delete_trained(row["name"])
         self._forget(cid)
         self._touched.pop(cid, None)
+        self._used.pop(cid, None)
         with self._sessions:
             for owner in [o for o, n in self._owners.items() if n == name]:
                 del self._owners[owner]
@@ -123,7 +131,8 @@ class Galleries:
         """The gallery a browser tab works on.
 
         A tab starts on the shared ``template``; its first change forks a
-        private copy under a fresh random name. A tab whose gallery is gone
+        private copy under a fresh random name, which the tab keeps (reads
+        included) until it is dropped. A tab whose gallery is gone
         (expired or reset elsewhere) gets a new fork and a note, never the
         old name back. One lock makes concurrent first requests of a tab
         agree on one gallery.
