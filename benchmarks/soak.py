@@ -6,6 +6,7 @@ they run long enough to mean something and their figures go to
 
     python -m benchmarks.soak [--kills 20] [--images 500] [--model efficientnet-lite1]
                               [--clients 8] [--seconds 120]
+    python -m benchmarks.soak --stateful 1500 [--stateful-steps 40]
 
 Kill cycle: a fresh database, ``python -m retrieval index`` on N images,
 SIGKILL after a random delay drawn from the length of an uninterrupted run,
@@ -17,6 +18,14 @@ Load: each client is its own gradio_client session, looping over a random
 mix of searches (70 %), uploads of a freshly drawn image (20 %) and
 evaluations (10 %). Afterwards every client's uploads must all be in its own
 gallery and nobody else's, and the SQLite file must pass its integrity check.
+
+Stateful (``--stateful N``, run on its own; the other parts of ``--out`` are
+kept): the model-based state machine of ``tests/test_state_machine.py`` (one
+Studio, numpy backbones, random programs of index / upload / remove / fork /
+session / drop / cleanup / search / evaluate / reopen, invariants after every
+step) for N programs of up to ``--stateful-steps`` steps, instead of the CI
+budget. Programs, steps, seconds and any violation (with hypothesis' shrunk
+program) are recorded.
 """
 
 from __future__ import annotations
@@ -330,6 +339,32 @@ def bad_input_table(work: Path) -> list[dict]:
     return [{"seconds": round(seconds, 2)}, *rows]
 
 
+# -- model-based stateful run ------------------------------------------------------
+def _describe(exc: BaseException) -> list[str]:
+    """One entry per distinct failure: type, message and hypothesis' shrunk program (its notes)."""
+    if getattr(exc, "exceptions", None):  # hypothesis found several distinct failures
+        return [line for sub in exc.exceptions for line in _describe(sub)]
+    notes = "\n".join(getattr(exc, "__notes__", []))
+    return [f"{type(exc).__name__}: {str(exc)[:2000]}\n{notes[:20000]}".strip()]
+
+
+def stateful_soak(programs: int, steps: int) -> dict:
+    """The state machine of tests/test_state_machine.py with a long budget."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import test_state_machine as machine
+
+    violations: list[str] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            done = machine.run(programs, steps, base=Path(tmp))
+        except Exception as exc:  # a violation: recorded with its shrunk program, never swallowed silently
+            violations = _describe(exc)
+            done = {k: machine.STATS[k] for k in ("programs", "steps")} | {"rules": dict(machine.RULES)}
+    return {"max_examples": programs, "max_steps": steps, "programs": done["programs"], "steps": done["steps"],
+            "seconds": round(time.perf_counter() - started, 1), "rules": done["rules"], "violations": violations}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kills", type=int, default=20)
@@ -339,11 +374,29 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--out", default="docs/reliability.json")
     parser.add_argument("--only-load", action="store_true", help="re-run the load part; keep the rest of --out")
+    parser.add_argument("--stateful", type=int, default=0, metavar="N",
+                        help="run only the model-based state machine for N programs; keep the rest of --out")
+    parser.add_argument("--stateful-steps", type=int, default=40, help="steps per program at most (with --stateful)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+
+    if args.stateful:
+        stateful = stateful_soak(args.stateful, args.stateful_steps)
+        stateful["command"] = f"python -m benchmarks.soak --stateful {args.stateful} --stateful-steps {args.stateful_steps}"
+        print(f"stateful: {stateful['programs']} programs, {stateful['steps']} steps in {stateful['seconds']} s, "
+              f"{len(stateful['violations'])} violation(s)", flush=True)
+        for v in stateful["violations"]:
+            print(v, flush=True)
+        result = {**previous, "stateful": stateful}
+        out.write_text(json.dumps(result, indent=2))
+        out.with_suffix(".md").write_text(render(result))
+        if stateful["violations"]:
+            sys.exit(1)
+        return
 
     if args.only_load:
-        previous = json.loads(Path(args.out).read_text())
         timing, bad, kills = {"seconds": previous["bad_inputs"]["seconds"]}, previous["bad_inputs"]["rows"], previous["kills"]
     else:
         with tempfile.TemporaryDirectory() as tmp:
@@ -369,11 +422,15 @@ def main() -> None:
     command = (f"python -m benchmarks.soak --kills {args.kills} --images {args.images} --model {args.model} "
                f"--clients {args.clients} --seconds {args.seconds:g}")
     result = {"command": command, "bad_inputs": {"seconds": timing["seconds"], "rows": bad}, "kills": kills, "load": load}
+    if "stateful" in previous:  # run on its own (--stateful); kept
+        result["stateful"] = previous["stateful"]
     Path(args.out).write_text(json.dumps(result, indent=2))
     Path(args.out).with_suffix(".md").write_text(render(result))
 
 
 def render(result: dict) -> str:
+    if "kills" not in result:  # only the stateful run so far
+        return "# Reliability soak\n\n" + render_stateful(result["stateful"])
     k, l = result["kills"], result["load"]
     lines = [
         "# Reliability soak",
@@ -422,6 +479,30 @@ def render(result: dict) -> str:
         s = l[kind]
         lines.append(f"| {kind} | {s.get('requests', 0)} | {s.get('p50_ms', '')} | {s.get('p95_ms', '')} | "
                      f"{s.get('max_ms', '')} |")
+    text = "\n".join(lines) + "\n"
+    if "stateful" in result:
+        text += "\n" + render_stateful(result["stateful"])
+    return text
+
+
+def render_stateful(s: dict) -> str:
+    lines = [
+        "## Model-based stateful run",
+        "",
+        (f"Made by `{s['command']}`: the state machine of `tests/test_state_machine.py` (one Studio on a temporary "
+         "SQLite file, numpy backbones; random programs of index, edit-and-reindex, upload, remove, fork, session, "
+         "drop, cleanup, search, evaluate and reopen; every invariant checked against a plain-Python model after "
+         "every step)."),
+        "",
+        f"- programs: **{s['programs']}**, steps: **{s['steps']}**, in {s['seconds']} s",
+        f"- violations: **{len(s['violations'])}**",
+        "",
+        "| rule | steps |",
+        "| --- | ---: |",
+        *[f"| {name} | {n} |" for name, n in s["rules"].items()],
+    ]
+    for v in s["violations"]:
+        lines += ["", "```", v, "```"]
     return "\n".join(lines) + "\n"
 
 

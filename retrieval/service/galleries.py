@@ -131,21 +131,22 @@ class Galleries:
         """The gallery a browser tab works on.
 
         A tab starts on the shared ``template``; its first change forks a
-        private copy under a fresh random name, which the tab keeps (reads
-        included) until it is dropped. A tab whose gallery is gone
-        (expired or reset elsewhere) gets a new fork and a note, never the
-        old name back. One lock makes concurrent first requests of a tab
-        agree on one gallery.
+        private copy under a fresh random name. From then on the tab's own
+        gallery comes first, for reads and writes, whatever ``current`` the
+        request carried: concurrent first requests of a tab, and a read that
+        races the tab's first upload, all land in one gallery. A tab whose
+        gallery is gone (expired, reset elsewhere) gets a new fork and a
+        note, never the old name back. One lock orders all of this.
         """
         with self._sessions:
+            mine = self._owners.get(owner)
+            if mine is not None and self.exists(mine):
+                return Session(mine, None, True)
             if current is not None and self.exists(current):
                 if writable:
                     self._owners[owner] = current
                 return Session(current, None, True)
             gone = current is not None
-            mine = self._owners.get(owner)
-            if mine is not None and self.exists(mine):
-                return Session(mine, GONE_NOTE if gone else None, True)
             if not writable and not gone:
                 return Session(template, None, False)
             name = f"{prefix}{secrets.token_hex(8)}"
