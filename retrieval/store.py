@@ -247,9 +247,6 @@ class Store:
                 return self.db["collections"].insert(
                     {"name": name, "created": _now(), "generation": 0, "touched": _now()}).last_pk
 
-    def collection_exists(self, collection_id: int) -> bool:
-        return bool(self._read("SELECT 1 FROM collections WHERE id = ?", [collection_id]))
-
     def touch(self, collection_id: int) -> None:
         """Record use, so cleanup of idle per-session galleries spares it."""
         with self._lock, self.db.atomic():

@@ -40,8 +40,6 @@ class Indexer:
     def folder(self, folder: Path, ref: CollectionRef, cfg: ExtractorConfig, labels_csv=None,
                progress: Progress | None = None) -> IndexReport:
         """A folder, recursively; labels from first-level subfolders or a CSV."""
-        if not folder.is_dir():
-            raise ServiceError(f"not a folder: {folder}")
         sources, skipped = scan_folder(folder, self.limits)
         if labels_csv is not None:
             labels = read_labels_csv(labels_csv)

@@ -122,11 +122,11 @@ class Models:
         rows = self.store.adapted(name)
         if not rows:
             return False
-        key = self.resolve(ExtractorConfig(backbone=name)).key
-        config_id = self.store.find_config(self.resolve(ExtractorConfig(backbone=name)))
+        cfg = self.resolve(ExtractorConfig(backbone=name))
+        config_id = self.store.find_config(cfg)
         with self._lock:
             self._loaded = {k: v for k, v in self._loaded.items() if k[0] != name}
             self._trained.pop(name, None)
         if config_id is not None:
             self.caches.forget_config(config_id)
-        return self.store.delete_adapted(name, key)
+        return self.store.delete_adapted(name, cfg.key)

@@ -30,7 +30,7 @@ from .galleries import Galleries
 from .indexing import Indexer, Progress
 from .insight import Insight
 from .models import Models
-from .reports import AdaptReport, Comparison, IndexReport, SearchResult, Session
+from .reports import AdaptReport, Comparison, IndexReport, SearchResult, ServiceError, Session
 from .searching import Searcher
 from .training import Trainer
 
@@ -91,9 +91,7 @@ class Studio:
               labels_csv: str | Path | None = None, progress: Progress | None = None) -> IndexReport:
         """Index a folder recursively; labels from first-level subfolders or a CSV."""
         folder = Path(folder)
-        if not folder.is_dir():
-            from .reports import ServiceError
-
+        if not folder.is_dir():  # before the collection is created: a typo makes no empty gallery
             raise ServiceError(f"not a folder: {folder}")
         ref = self._galleries.ref(collection, create=True)
         return self._indexer.folder(folder, ref, cfg, labels_csv, progress)

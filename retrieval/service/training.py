@@ -18,7 +18,6 @@ import numpy as np
 
 from .. import adapt as A
 from ..adapt import AdaptConfig, BatchCallback, EpochCallback
-from ..backbones import REGISTRY
 from ..config import ExtractorConfig, SearchConfig
 from ..decode import DecodeError, decode
 from ..evaluation import EvalReport, exact_duplicate_groups, leave_one_out
@@ -50,7 +49,7 @@ class Trainer:
               on_batch: BatchCallback | None = None) -> AdaptReport:
         started = time.perf_counter()
         base = self.models.resolve(base)
-        if name is not None and (name in REGISTRY or self.models.exists(name)):
+        if name is not None and self.models.exists(name):
             raise ServiceError(f"a model named {name!r} exists already")
         if self.models.spec(base.backbone).family != "cnn":
             raise ServiceError("adapt starts from a CNN backbone (a pretrained one, or any for 'scratch')")
