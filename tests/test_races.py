@@ -71,6 +71,15 @@ def names(st: Studio) -> set[str]:
     return {c.name for c in st.collections()}
 
 
+def search_reopened(db: Path, query, collection: str, cfg, scfg) -> list:
+    """The hits a fresh Studio on the same file gives: what a restart would serve."""
+    reopened = Studio(db, device="cpu")
+    try:
+        return reopened.search(query, collection, cfg, scfg).hits
+    finally:
+        reopened.close()
+
+
 def check_files(st: Studio) -> None:
     """Every member's file exists and holds its content; every stored upload belongs to a member."""
     referenced = set()
@@ -359,12 +368,8 @@ def test_7_ivf_index_finds_new_image_after_newest_was_removed(tmp_path):
     top = st.search(new, "big", PX, ivf).hits[0]
     assert (top.name, top.sha256) == ("new.png", sha(new.read_bytes()))
     st.close()
-    reopened = Studio(tmp_path / "data" / "big.sqlite", device="cpu")
-    try:
-        top = reopened.search(new, "big", PX, ivf).hits[0]
-        assert (top.name, top.sha256) == ("new.png", sha(new.read_bytes()))
-    finally:
-        reopened.close()
+    top = search_reopened(tmp_path / "data" / "big.sqlite", new, "big", PX, ivf)[0]
+    assert (top.name, top.sha256) == ("new.png", sha(new.read_bytes()))
 
 
 # -- 8: a vector made for collection b serves collection a at once (scenario C) -----
@@ -385,11 +390,8 @@ def test_8_vector_indexed_into_b_is_seen_by_a_sharing_the_image(st, tmp_path):
     st.index(fb, "b", PX)  # the same picture, indexed elsewhere with pixels
     hits = st.search(query, "a", PX, ALL).hits
     assert [h.name for h in hits] == ["y.png", "x.png"], [h.name for h in hits]
-    reopened = Studio(tmp_path / "data" / "studio.sqlite", device="cpu")
-    try:
-        assert [h.name for h in reopened.search(query, "a", PX, ALL).hits] == ["y.png", "x.png"]
-    finally:
-        reopened.close()
+    hits = search_reopened(tmp_path / "data" / "studio.sqlite", query, "a", PX, ALL)
+    assert [h.name for h in hits] == ["y.png", "x.png"]
 
 
 # -- 9: re-indexing an edited file replaces its member (scenario G) -----------------
@@ -411,6 +413,34 @@ def test_9_file_edited_in_place_replaces_its_member(st, tmp_path):
     for h in hits:
         assert sha(Path(h.path).read_bytes()) == h.sha256
     check_files(st)
+
+
+# -- 10: every action of a session counts as use, not only search -------------------
+def test_10_every_action_counts_as_use(st, demo, tmp_path):
+    """Sessions forked at once, left idle, then each used by one kind of action:
+    cleanup of galleries idle for a second spares every used one and drops only
+    the one nobody touched."""
+    import time
+
+    query = tmp_path / "demo" / "demo900.png"
+    extra = write_pngs(tmp_path / "extra", [7, 8])
+    actions = {
+        "upload": lambda c: st.upload(as_uploads(extra[:1]), c, CH),
+        "remove": lambda c: st.remove(st.members("demo")[0].sha256, c),
+        "members": lambda c: st.members(c),
+        "compare": lambda c: st.compare(query, c, (CH, ALL), (PX, ALL)),
+        "evaluate": lambda c: pytest.raises(ServiceError, st.evaluate, c, CH, ALL),  # no labels: still a use
+        "embedding_map": lambda c: st.embedding_map(c, CH, ALL),
+        "ensure_embeddings": lambda c: st.ensure_embeddings(c, PX),
+        "search": lambda c: st.search(query, c, CH, ALL),
+    }
+    for name in [*actions, "idle"]:
+        st.fork("demo", f"session-{name}")
+    time.sleep(2.2)  # every session is now idle for more than a second (the store keeps whole seconds)
+    for name, act in actions.items():
+        act(f"session-{name}")
+    assert st.cleanup("session-", max_idle_s=1) == ["session-idle"]
+    assert {c.name for c in st.collections()} == {"demo", *(f"session-{n}" for n in actions)}
 
 
 # -- 11: an empty collection is a message, not a TypeError --------------------------
