@@ -498,8 +498,8 @@ def build(backend: Backend):
         for i, name in enumerate(backbones):
             progress((i, len(backbones)), desc=f"Evaluating {name}…")
             cfg, scfg = configs(name, pooling, metric, rerank, whiten, 10, collection)
-            studio.ensure_embeddings(collection, cfg)
-            report = studio.evaluate(collection, cfg, scfg)
+            report = studio.evaluate(collection, cfg, scfg,  # computes missing vectors on the way
+                                     progress=lambda d, t, m, n=name: progress((d, max(t, 1)), desc=f"{n}: {m}"))
             tag = studio.resolve(cfg).label
             reports.append(report.to_json())
             rows.append({"configuration": tag, "metric": metric, "rerank": rerank, "post": whiten,

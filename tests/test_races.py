@@ -45,6 +45,14 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def write_files(folder: Path, files: dict[str, bytes]) -> Path:
+    """A folder holding exactly these files (name -> content)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
 def write_pngs(folder: Path, seeds, prefix: str = "img") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -374,20 +382,14 @@ def test_7_ivf_index_finds_new_image_after_newest_was_removed(tmp_path):
 
 # -- 8: a vector made for collection b serves collection a at once (scenario C) -----
 def test_8_vector_indexed_into_b_is_seen_by_a_sharing_the_image(st, tmp_path):
-    fa = tmp_path / "fa"
-    fa.mkdir()
-    (fa / "x.png").write_bytes(png(1))
-    (fa / "y.png").write_bytes(png(2))
+    fa = write_files(tmp_path / "fa", {"x.png": png(1), "y.png": png(2)})
     st.index(fa, "a", CH)
     (fa / "y.png").unlink()  # y's original file moved away: no pixels vector can be made for a
     query = tmp_path / "q.png"
     query.write_bytes(png(2))
     assert [h.name for h in st.search(query, "a", PX, ALL).hits] == ["x.png"]
 
-    fb = tmp_path / "fb"
-    fb.mkdir()
-    (fb / "y.png").write_bytes(png(2))
-    st.index(fb, "b", PX)  # the same picture, indexed elsewhere with pixels
+    st.index(write_files(tmp_path / "fb", {"y.png": png(2)}), "b", PX)  # the same picture, indexed elsewhere with pixels
     hits = st.search(query, "a", PX, ALL).hits
     assert [h.name for h in hits] == ["y.png", "x.png"], [h.name for h in hits]
     hits = search_reopened(tmp_path / "data" / "studio.sqlite", query, "a", PX, ALL)
@@ -396,10 +398,7 @@ def test_8_vector_indexed_into_b_is_seen_by_a_sharing_the_image(st, tmp_path):
 
 # -- 9: re-indexing an edited file replaces its member (scenario G) -----------------
 def test_9_file_edited_in_place_replaces_its_member(st, tmp_path):
-    d = tmp_path / "photos"
-    d.mkdir()
-    (d / "a.png").write_bytes(png(1))
-    (d / "b.png").write_bytes(png(2))
+    d = write_files(tmp_path / "photos", {"a.png": png(1), "b.png": png(2)})
     st.index(d, "holiday", CH)
     (d / "a.png").write_bytes(png(3))  # edited in place
     report = st.index(d, "holiday", CH)
