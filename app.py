@@ -122,6 +122,7 @@ class Backend:
         self.progress = (0, 0)
         self.error: str | None = None
         self.device_note = "detecting device…"
+        self.runtime_note = ""
 
     def start(self) -> None:
         threading.Thread(target=self._warm_up, name="demo-index", daemon=True).start()
@@ -141,7 +142,11 @@ class Backend:
 
             self.studio.index(DEMO_DIR, DEMO, progress=progress)
             first = next(iter(sorted(DEMO_DIR.rglob("*.jpg"))))
-            self.studio.search(first, DEMO)
+            result = self.studio.search(first, DEMO)
+            from retrieval import ExtractorConfig
+
+            note = self.studio.backbone(ExtractorConfig()).runtime_note
+            self.runtime_note = f"Inference: **{result.runtime}** ({note})."
         except Exception as exc:  # shown in the page instead of a dead app
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -170,7 +175,7 @@ class Backend:
             return f"**Preparing the demo gallery…** {done}/{total or '?'} images indexed"
         if self.error:
             return f"**Not ready:** {self.error}"
-        return f"**Ready.** {self.device_note}"
+        return f"**Ready.** {self.device_note} {self.runtime_note}"
 
 
 def build(backend: Backend):
@@ -183,6 +188,7 @@ def build(backend: Backend):
     from retrieval.config import DEFAULT_BACKBONE, DEFAULT_METRIC, DEFAULT_RERANK, DEFAULT_WHITEN, METRICS, RERANKS, WHITENINGS
     from retrieval.device import DeviceError
     from retrieval.pooling import POOLINGS
+    from retrieval.runtime import RUNTIMES
 
     studio = backend.studio
     models = studio.models()
@@ -235,7 +241,7 @@ def build(backend: Backend):
     def timing_line(result) -> str:
         t = result.timings
         return (f"decode **{t['decode_ms']:.1f} ms** · embed **{t['embed_ms']:.1f} ms** · search **{t['search_ms']:.1f} ms** "
-                f"· total **{t['total_ms']:.1f} ms** on **{result.device}**")
+                f"· total **{t['total_ms']:.1f} ms** on **{result.device}** · **{result.runtime}**")
 
     def friendly(fn):
         """Turn the engine's user-facing errors into a toast, never a traceback."""
@@ -261,19 +267,20 @@ def build(backend: Backend):
     # the answer to the ``session`` State, and shows the service's note in its own message area.
     @friendly
     def search(query, backbone=DEFAULT_BACKBONE, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK,
-               whiten=DEFAULT_WHITEN, k=8, device="auto", session=None, request: gr.Request = None):
+               whiten=DEFAULT_WHITEN, k=8, device="auto", runtime="auto", session=None, request: gr.Request = None):
         """Rank the gallery against the query image; returns results and timings."""
         if query is None:
             raise gr.Error("Choose a query image first (upload, webcam, paste, or click a gallery image).")
         backend.wait()
         s = open_session(session, request)
         cfg, scfg = configs(backbone, pooling, metric, rerank, whiten, k, s.collection)
-        result = studio.search(query, s.collection, cfg, scfg, device=device)
+        result = studio.search(query, s.collection, cfg, scfg, device=device, runtime=runtime)
         return captions(result), with_note(s, timing_line(result)), state(s)
 
     @friendly
     def compare(query, a_backbone, a_pooling, a_metric, a_rerank, b_backbone, b_pooling, b_metric, b_rerank,
-                k=8, a_device="auto", b_device="auto", session=None, request: gr.Request = None):
+                k=8, a_device="auto", b_device="auto", a_runtime="auto", b_runtime="auto", session=None,
+                request: gr.Request = None):
         """Two configurations on one query, side by side, with their agreement."""
         if query is None:
             raise gr.Error("Choose a query image first.")
@@ -281,7 +288,7 @@ def build(backend: Backend):
         s = open_session(session, request)
         a = configs(a_backbone, a_pooling, a_metric, a_rerank, DEFAULT_WHITEN, k, s.collection)
         b = configs(b_backbone, b_pooling, b_metric, b_rerank, DEFAULT_WHITEN, k, s.collection)
-        cmp = studio.compare(query, s.collection, a, b, devices=(a_device, b_device))
+        cmp = studio.compare(query, s.collection, a, b, devices=(a_device, b_device), runtimes=(a_runtime, b_runtime))
         ag = cmp.agreement
         summary = (f"**overlap@{ag.k}: {ag.overlap_at_k:.2f}** · Kendall τ (top-{ag.k} union): {ag.kendall_tau:.2f} "
                    f"· Spearman ρ (full ranking): {ag.spearman_rho:.2f}")
@@ -570,6 +577,8 @@ def build(backend: Backend):
                             whiten = gr.Radio(list(WHITENINGS), value=DEFAULT_WHITEN, label="Post-processing",
                                               info="center: subtract the gallery mean · pca: PCA-whitening")
                             device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="Device")
+                            runtime = gr.Dropdown(list(RUNTIMES), value="auto", label="Runtime",
+                                                  info="auto: the fastest that matched Keras here")
                         k = gr.Slider(1, 50, value=8, step=1, label="k (results)")
                         search_button = gr.Button("Search", variant="primary", elem_id="search-button")
                 results = gr.Gallery(label="Most alike", elem_id="results-gallery", columns=4, height=420, object_fit="contain")
@@ -603,14 +612,18 @@ def build(backend: Backend):
                     with gr.Column():
                         gr.Markdown("### A")
                         a_backbone, a_pooling, a_metric, a_rerank = settings_block("A · ")
-                        a_device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="A · Device")
+                        with gr.Row():
+                            a_device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="A · Device")
+                            a_runtime = gr.Dropdown(list(RUNTIMES), value="auto", label="A · Runtime")
                         a_results = gr.Gallery(label="A results", elem_id="compare-a", columns=3, height=360, object_fit="contain")
                         a_timings = gr.Markdown(elem_classes=["timing"])
                     with gr.Column():
                         gr.Markdown("### B")
                         b_default = "colorhist" if "colorhist" in model_choices else model_choices[0]
                         b_backbone, b_pooling, b_metric, b_rerank = settings_block("B · ", backbone=b_default, metric="euclidean", rerank="none")
-                        b_device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="B · Device")
+                        with gr.Row():
+                            b_device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="B · Device")
+                            b_runtime = gr.Dropdown(list(RUNTIMES), value="auto", label="B · Runtime")
                         b_results = gr.Gallery(label="B results", elem_id="compare-b", columns=3, height=360, object_fit="contain")
                         b_timings = gr.Markdown(elem_classes=["timing"])
 
@@ -685,7 +698,6 @@ def build(backend: Backend):
                                            interactive=False)
 
         # -- wiring --------------------------------------------------------------
-        search_inputs = [query, backbone, pooling, metric, rerank, whiten, k, device, session]
         private = {"api_visibility": "private"}  # UI-only events: not callable through the API
         listing = [browse, info, session, listed]
 
@@ -693,12 +705,12 @@ def build(backend: Backend):
             """An action that may have moved the tab to a new gallery (it had expired) also updates the listing."""
             event.then(relist, [session, listed], listing, **private)
 
-        search_inputs = [query, backbone, pooling, metric, rerank, whiten, k, device, session]
+        search_inputs = [query, backbone, pooling, metric, rerank, whiten, k, device, runtime, session]
         relisting(search_button.click(search, search_inputs, [results, timings, session], api_name="search").then(
             embedding_map, [query, backbone, pooling, whiten, k, session], [emb_map, session], **private))
         relisting(compare_button.click(
             compare, [compare_query, a_backbone, a_pooling, a_metric, a_rerank, b_backbone, b_pooling, b_metric, b_rerank,
-                      compare_k, a_device, b_device, session],
+                      compare_k, a_device, b_device, a_runtime, b_runtime, session],
             [a_results, a_timings, b_results, b_timings, agreement, session], api_name="compare"))
         add_button.click(add_images, [upload, session], [summary, *listing], api_name="add_images")
         folder_paths = gr.Textbox(visible=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import config as C
 from .pooling import POOLINGS
+from .runtime import RUNTIMES
 
 EXIT_USAGE = 2
 
@@ -35,6 +36,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default="imagenet", help="'imagenet' or a local Keras weights file")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
                    help="where CNNs run: auto (a GPU if one works, else the CPU), cpu or gpu (default: auto)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="what runs CNNs: auto (the fastest that matched Keras on the reference photos here; "
+                        "see 'runtimes'), keras, or a named OpenVINO precision (default: auto)")
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
@@ -60,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list backbones, their dimension, and whether they work offline")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--db", help="also list the models trained with 'adapt' in this database")
+
+    p = sub.add_parser("runtimes", help="check every runtime against Keras on the reference photos: speed, "
+                       "parity, and which one auto uses")
+    p.add_argument("--model", default=C.DEFAULT_BACKBONE, help=f"backbone (default: {C.DEFAULT_BACKBONE})")
+    p.add_argument("--pooling", default=C.DEFAULT_POOLING, choices=POOLINGS, help=f"default: {C.DEFAULT_POOLING}")
+    p.add_argument("--gem-p", type=float, default=C.DEFAULT_GEM_P, help="GeM exponent (default: 3)")
+    p.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's own)")
+    p.add_argument("--db", help="a database whose trained models may be checked too")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("index", help="add folders (recursively), image files or zip archives to a collection")
     p.add_argument("paths", nargs="+", metavar="PATH",
@@ -148,7 +161,7 @@ def _studio(args, must_exist: bool = True):
     if must_exist and not db.is_file():
         raise FileNotFoundError(f"no database at {db}: run 'python -m retrieval index FOLDER --db {db}' first")
     return Studio(db, device=getattr(args, "device", "auto"), batch_size=getattr(args, "batch_size", 32) or 32,
-                  workers=getattr(args, "workers", None))
+                  workers=getattr(args, "workers", None), runtime=getattr(args, "runtime", "auto"))
 
 
 def cmd_models(args) -> int:
@@ -171,6 +184,28 @@ def cmd_models(args) -> int:
     for m in models:
         mark = "ready" if m["ready"] else "not ready"
         print(f"{m['name']:<20} {m['family']:<12} dim {m['dim']:<5} input {m['input_size']:<4} {mark}: {m['status']}")
+        for key, entry in m.get("runtimes", {}).items():
+            print(f"{'':<20} runs {key}: {entry['runtime']} — {entry['note']}")
+    return 0
+
+
+def cmd_runtimes(args) -> int:
+    import tempfile
+
+    from .service import Studio
+
+    cfg = C.ExtractorConfig(args.model, args.pooling, args.gem_p, args.input_size)
+    with tempfile.TemporaryDirectory(prefix="retrieval-runtimes-") as tmp:
+        studio = _studio(args) if args.db else Studio(Path(tmp) / "runtimes.sqlite", device="cpu")
+        try:
+            rows = studio.runtime_trials(cfg)
+        finally:
+            studio.close()
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        print(f"{row['runtime']:<14} {row['status']}")
     return 0
 
 
@@ -210,7 +245,7 @@ def cmd_index(args) -> int:
         return 0
     print(f"{len(report.added)} added, {len(report.duplicates)} duplicates, {report.unchanged} already indexed, "
           f"{len(report.skipped)} skipped  ({report.computed} embeddings computed, {report.reused} reused, "
-          f"{report.seconds:.1f} s, {report.images_per_second:.1f} img/s on {report.device})")
+          f"{report.seconds:.1f} s, {report.images_per_second:.1f} img/s on {report.device}, {report.runtime or 'no model run'})")
     for name, original in report.duplicates:
         print(f"  duplicate: {name} (same content as {original})")
     for skip in report.skipped:
@@ -230,7 +265,7 @@ def cmd_search(args) -> int:
     for hit in result.hits:
         print(f"{hit.rank:>3}  {hit.score:9.4f}  {hit.label or '-':<16} {hit.path or hit.name}")
     t = result.timings
-    print(f"decode {t['decode_ms']:.1f} ms, embed {t['embed_ms']:.1f} ms, search {t['search_ms']:.1f} ms on {result.device}")
+    print(f"decode {t['decode_ms']:.1f} ms, embed {t['embed_ms']:.1f} ms, search {t['search_ms']:.1f} ms on {result.device}, {result.runtime}")
     return 0
 
 
@@ -335,7 +370,7 @@ def cmd_delete_model(args) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "adapt": cmd_adapt, "explain": cmd_explain, "delete-model": cmd_delete_model, "index": cmd_index, "search": cmd_search, "evaluate": cmd_evaluate,
+COMMANDS = {"models": cmd_models, "runtimes": cmd_runtimes, "adapt": cmd_adapt, "explain": cmd_explain, "delete-model": cmd_delete_model, "index": cmd_index, "search": cmd_search, "evaluate": cmd_evaluate,
             "remove": cmd_remove, "collections": cmd_collections, "drop": cmd_drop}
 
 

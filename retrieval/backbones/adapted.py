@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,6 +155,7 @@ class HeadBackbone(Backbone):
     def __init__(self, name: str, base: Backbone, weights: dict[str, np.ndarray]):
         self.name, self.base, self.weights = name, base, weights
         self.input_size, self.dim, self.device = base.input_size, int(weights["w2"].shape[1]), base.device
+        self.runtime, self.runtime_note = base.runtime, base.runtime_note  # the CNN is the base's
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         return apply_head(self.weights, l2_normalize(self.base.embed(images)))
@@ -163,26 +163,6 @@ class HeadBackbone(Backbone):
     def project(self, base_vectors: np.ndarray) -> np.ndarray:
         """The fast path: cached base vectors -> adapted vectors, no CNN."""
         return apply_head(self.weights, base_vectors)
-
-
-class KerasImageBackbone(Backbone):
-    def __init__(self, name: str, model, device: str):
-        self.name, self.model, self.device = name, model, device
-        self.input_size, self.dim = int(model.input_shape[1]), int(model.output_shape[-1])
-        self._lock = threading.Lock()
-
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        if len(images) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        from .keras_model import bucket
-
-        n = len(images)
-        x = np.asarray(images, np.float32)
-        size = bucket(n, 32)  # a few fixed batch shapes: no retracing per query
-        if n < size:
-            x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], np.float32)])
-        with self._lock:
-            return np.asarray(self.model.predict_on_batch(x), np.float32)[:n]
 
 
 def spec_for(row: dict, base_backbone: Callable[[dict], Backbone], load_params: Callable[[], bytes]) -> BackboneSpec:
@@ -198,13 +178,15 @@ def spec_for(row: dict, base_backbone: Callable[[dict], Backbone], load_params: 
         cfg = AdaptConfig(**settings)
         if row["method"] == "scratch":
             model = build_scratch(keras, cfg)
-            device = "CPU"
+            placement, device = None, "CPU"
         else:
             features = base_backbone(base).feature_model
             model = build_finetune(keras, features, cfg, base.get("pooling", "gem"), base.get("gem_p") or DEFAULT_GEM_P)
-            device = base_backbone(base).device
+            placement, device = base_backbone(base).placement, base_backbone(base).device
         load_weights(model, blob)
-        return KerasImageBackbone(row["name"], model, device)
+        from .keras_model import KerasImageBackbone
+
+        return KerasImageBackbone(row["name"], model, placement, device)
 
     return BackboneSpec(row["name"], FAMILY, int(row["input_size"]), int(row["dim"]), "trained here (yours)",
                         f"{row['method']} on {base['backbone']}, collection {row['collection']!r}", build,

@@ -44,6 +44,8 @@ class Backbone(ABC):
     dim: int
     device: str = "CPU"
     pooling: str = "none"
+    runtime: str = "numpy"  # what executes ``embed``: "Keras f32", "OpenVINO bf16", …
+    runtime_note: str = ""  # why that runtime, when one was chosen
 
     @abstractmethod
     def embed(self, images: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ under TensorFlow, JAX or torch (``KERAS_BACKEND``).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import threading
 from collections.abc import Callable
 
@@ -53,12 +55,64 @@ def bucket(n: int, batch_size: int) -> int:
     return min(size, batch_size)
 
 
-class KerasBackbone(Backbone):
-    """Wraps a feature-map model: preprocess in numpy, then one compiled call.
+class KerasNetwork(Backbone):
+    """A backbone whose ``embed`` is one call of a Keras model, through Keras or a faster runtime.
 
     Batches are padded to a few fixed sizes (see ``bucket``) so compiled
-    backends (XLA, JAX) do not trace again for every ragged final batch.
+    backends (XLA, JAX) do not trace again for every ragged final batch. A
+    runtime chosen by ``retrieval.runtime`` (``using``) runs the same model
+    after it matched Keras; Keras stays the definition.
     """
+
+    model: keras.Model
+    placement: Placement | None = None
+    batch_size: int = 32
+    runner = None  # None: Keras itself
+    runtime = "Keras f32"
+    runtime_note = ""
+
+    def __init__(self):
+        # One forward pass at a time per network: Keras builds its predict
+        # function lazily and is not safe to enter from two threads at once,
+        # and on a CPU two concurrent passes only share the same cores.
+        self._lock = threading.Lock()
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images -> what ``model`` takes."""
+        return np.asarray(images, dtype=np.float32)
+
+    def keras_call(self, model: keras.Model, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        size = bucket(n, self.batch_size)
+        if n < size:
+            x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
+        with self._lock, (placed(self.placement) if self.placement else contextlib.nullcontext()):
+            out = model.predict_on_batch(x)
+        return np.asarray(out[:n], dtype=np.float32)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        x = self.prepare(images)
+        if self.runner is not None:
+            return self.runner(x)
+        return self.keras_call(self.model, x)
+
+    def target(self):
+        """What the runtime layer converts and checks: this network's ``model``."""
+        from ..runtime.choose import Target
+
+        return Target(self.model, self.input_size, self.prepare, lambda x: self.keras_call(self.model, x))
+
+    def using(self, choice) -> "KerasNetwork":
+        """The same network run through ``choice`` (a ``runtime.choose.Choice``)."""
+        twin = copy.copy(self)
+        twin.runner, twin.runtime, twin.runtime_note = choice.runner, choice.label, choice.note
+        return twin
+
+
+class KerasBackbone(KerasNetwork):
+    """A feature-map model with pooling in the graph; preprocessing in numpy."""
 
     def __init__(
         self,
@@ -70,6 +124,7 @@ class KerasBackbone(Backbone):
         placement: Placement,
         batch_size: int = 32,
     ):
+        super().__init__()
         self.name = name
         self.feature_model = feature_model
         self.preprocess = preprocess
@@ -80,38 +135,34 @@ class KerasBackbone(Backbone):
         self.placement = placement
         self.device = placement.description
         self.batch_size = batch_size
-        # One forward pass at a time per network: Keras builds its predict
-        # function lazily and is not safe to enter from two threads at once,
-        # and on a CPU two concurrent passes only share the same cores.
-        self._lock = threading.Lock()
         with placed(placement):
             pooled = GlobalPooling(pooling, gem_p, name="pool")(feature_model.output)
             self.model = keras.Model(feature_model.input, pooled, name=f"{feature_model.name}_{pooling}")
 
-    def _run(self, model: keras.Model, images: np.ndarray) -> np.ndarray:
-        n = len(images)
-        if n == 0:
-            return np.zeros((0,) + tuple(model.output_shape[1:]), np.float32)
-        x = self.preprocess(np.asarray(images, dtype=np.float32))
-        size = bucket(n, self.batch_size)
-        if n < size:
-            x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
-        with self._lock, placed(self.placement):
-            out = model.predict_on_batch(x)
-        return np.asarray(out[:n], dtype=np.float32)
-
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        return self._run(self.model, images)
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        return self.preprocess(np.asarray(images, dtype=np.float32))
 
     def with_pooling(self, pooling: str, gem_p: float) -> KerasBackbone:
-        """The same network (shared weights, no rebuild) with another pooling."""
+        """The same network (shared weights, no rebuild) with another pooling, run by Keras."""
         if (pooling, gem_p) == (self.pooling, self.gem_p):
             return self
         twin = KerasBackbone(self.name, self.feature_model, self.preprocess, pooling, gem_p, self.placement, self.batch_size)
-        twin.__dict__.update({k: v for k, v in self.__dict__.items() if k not in twin.__dict__})
+        runtime_state = ("runner", "runtime", "runtime_note")  # the pooled graph changed: Keras runs it
+        twin.__dict__.update({k: v for k, v in self.__dict__.items() if k not in twin.__dict__ and k not in runtime_state})
         twin._lock = self._lock  # same weights, same lock
         return twin
 
     def feature_maps(self, images: np.ndarray) -> np.ndarray:
-        """The last conv feature map, for explanations: ``(N, h, w, C)``."""
-        return self._run(self.feature_model, images)
+        """The last conv feature map, for explanations: ``(N, h, w, C)``, through Keras."""
+        if len(images) == 0:
+            return np.zeros((0,) + tuple(self.feature_model.output_shape[1:]), np.float32)
+        return self.keras_call(self.feature_model, self.prepare(images))
+
+
+class KerasImageBackbone(KerasNetwork):
+    """A trained image -> vector model (fine-tuned or from scratch); preprocessing is in its graph."""
+
+    def __init__(self, name: str, model: keras.Model, placement: Placement | None, device: str):
+        super().__init__()
+        self.name, self.model, self.placement, self.device = name, model, placement, device
+        self.input_size, self.dim = int(model.input_shape[1]), int(model.output_shape[-1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -66,65 +67,100 @@ class Indexer:
         embedded = store.embedded_hashes(config_id)
         report = IndexReport(ref.name, cfg.key, device="")
 
+        busy = {"decode": 0.0, "embed": 0.0, "write": 0.0}  # seconds each stage worked
+
         def embed(pixels: np.ndarray) -> np.ndarray:
             # The model loads on the first batch that needs it: re-indexing
             # a folder whose vectors are all cached never loads it at all.
             backbone = self.models.backbone(cfg)
-            report.device = backbone.device
-            return backbone.embed(pixels)
+            report.device, report.runtime = backbone.device, backbone.runtime
+            start = time.perf_counter()
+            out = backbone.embed(pixels)
+            busy["embed"] += time.perf_counter() - start
+            return out
 
         def work(source: SourceFile) -> Prepared:
-            return prepare(source, cfg.input_size, lambda digest: digest not in embedded, self.limits)
+            start = time.perf_counter()
+            prepared = prepare(source, cfg.input_size, lambda digest: digest not in embedded, self.limits)
+            busy["decode"] += time.perf_counter() - start  # += on a float from pool threads: close enough
+            return prepared
 
-        seen_names: dict[str, str] = {}
-        done, total = 0, len(sources)
-        if progress:
-            progress(0, total, "indexing")
-        stream = ordered_map(work, sources, self.workers, prefetch=2 * self.batch_size)
-        for batch, vectors in embed_batches(stream, embed, self.batch_size):
-            rows: list[NewMember] = []
-            found_at: dict[str, str] = {}  # path -> the content read there now
-            for i, item in enumerate(batch):
-                name, digest = item.source.name, item.sha256
-                path = str(Path(item.source.path).resolve())
-                if digest is not None:
-                    found_at[path] = digest
-                if item.error is not None:
-                    report.skipped.append(Skipped(name, item.error))
-                    continue
-                if digest in seen_names:
-                    report.duplicates.append((name, seen_names[digest]))
-                    continue
-                seen_names[digest] = name
-                if digest in members:
-                    if members[digest] != name:
-                        report.duplicates.append((name, members[digest]))
-                        continue
-                    report.unchanged += 1
-                else:
-                    report.added.append(name)
-                vector = vectors.get(i)
-                if vector is not None:
-                    vector = l2_normalize(vector)
-                    report.computed += 1
-                    embedded.add(digest)
-                else:
-                    report.reused += 1
-                known = store.image(digest) if item.pixels is None else None
-                width = item.width or (known["width"] if known else 0)
-                height = item.height or (known["height"] if known else 0)
-                rows.append(NewMember(digest, name, path, item.source.label, width, height, item.nbytes, vector))
+        def write(rows: list[NewMember], found_at: dict[str, str], size: int) -> tuple[list, int]:
+            start = time.perf_counter()
             try:
                 stale = store.write_batch(ref.id, config_id, rows, found_at)
             except CollectionGone:
                 raise _gone(ref) from None
+            busy["write"] += time.perf_counter() - start
+            return stale, size
+
+        seen_names: dict[str, str] = {}
+        done, total = 0, len(sources)
+
+        def written(result: tuple[list, int]) -> None:
+            nonlocal done
+            stale, size = result
             report.replaced += [m.name for m in stale]
-            done += len(batch)
+            done += size
             if progress:
                 progress(done, total, f"{len(report.added)} added, {len(report.skipped)} skipped")
+
+        if progress:
+            progress(0, total, "indexing")
+        stream = ordered_map(work, sources, self.workers, prefetch=2 * self.batch_size)
+        # One writer thread: batch N is committed while the model runs batch
+        # N+1, in order, one transaction per batch, at most one batch behind.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer") as writer:
+            pending: Future | None = None
+            for batch, vectors in embed_batches(stream, embed, self.batch_size):
+                rows, found_at = self._rows(batch, vectors, members, embedded, seen_names, report)
+                if pending is not None:
+                    written(pending.result())
+                pending = writer.submit(write, rows, found_at, len(batch))
+            if pending is not None:
+                written(pending.result())
         report.seconds = time.perf_counter() - started
         report.device = report.device or "none (all embeddings cached)"
+        report.timings = {f"{stage}_s": round(seconds, 3) for stage, seconds in busy.items()}
         return report
+
+    def _rows(self, batch: list[Prepared], vectors: dict[int, np.ndarray], members: dict[str, str],
+              embedded: set[str], seen_names: dict[str, str], report: IndexReport
+              ) -> tuple[list[NewMember], dict[str, str]]:
+        """One batch of prepared files -> the rows to write, the report updated on the way."""
+        rows: list[NewMember] = []
+        found_at: dict[str, str] = {}  # path -> the content read there now
+        for i, item in enumerate(batch):
+            name, digest = item.source.name, item.sha256
+            path = str(Path(item.source.path).resolve())
+            if digest is not None:
+                found_at[path] = digest
+            if item.error is not None:
+                report.skipped.append(Skipped(name, item.error))
+                continue
+            if digest in seen_names:
+                report.duplicates.append((name, seen_names[digest]))
+                continue
+            seen_names[digest] = name
+            if digest in members:
+                if members[digest] != name:
+                    report.duplicates.append((name, members[digest]))
+                    continue
+                report.unchanged += 1
+            else:
+                report.added.append(name)
+            vector = vectors.get(i)
+            if vector is not None:
+                vector = l2_normalize(vector)
+                report.computed += 1
+                embedded.add(digest)
+            else:
+                report.reused += 1
+            known = self.store.image(digest) if item.pixels is None else None
+            width = item.width or (known["width"] if known else 0)
+            height = item.height or (known["height"] if known else 0)
+            rows.append(NewMember(digest, name, path, item.source.label, width, height, item.nbytes, vector))
+        return rows, found_at
 
     def ensure(self, ref: CollectionRef, cfg: ExtractorConfig, progress: Progress | None = None) -> int:
         """Compute this configuration's vectors for members that lack them.

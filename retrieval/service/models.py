@@ -14,6 +14,7 @@ import threading
 from ..backbones import REGISTRY, Backbone, BackboneSpec, BackboneUnavailable
 from ..backbones.adapted import spec_for
 from ..config import ExtractorConfig
+from ..runtime import RuntimeUnavailable, option
 from ..store import Store
 from .caches import Caches
 from .reports import ServiceError
@@ -21,9 +22,21 @@ from .reports import ServiceError
 CNN_FAMILIES = ("cnn", "adapted")  # backbones that run a network and so have a device
 
 
+def option_checked(name: str) -> str:
+    """A runtime name as the user gave it, or a ServiceError listing the choices."""
+    if name == "auto":
+        return name
+    try:
+        return option(name).name
+    except RuntimeUnavailable as exc:
+        raise ServiceError(str(exc)) from None
+
+
 class Models:
-    def __init__(self, store: Store, caches: Caches, device: str = "auto", batch_size: int = 32):
+    def __init__(self, store: Store, caches: Caches, device: str = "auto", batch_size: int = 32,
+                 runtime: str = "auto"):
         self.store, self.caches, self.device, self.batch_size = store, caches, device, batch_size
+        self.runtime = option_checked(runtime)
         self._trained: dict[str, BackboneSpec] = {}
         self._loaded: dict[tuple, Backbone] = {}
         self._placements: dict[str, object] = {}
@@ -47,11 +60,17 @@ class Models:
         return cfg.resolved(self.spec(cfg.backbone))
 
     def listing(self) -> list[dict]:
+        """Every backbone, and for CNNs what ran each configuration used so far, and why."""
+        from ..runtime.choose import remembered
+
+        chosen = remembered()
         out = []
         for spec in [*REGISTRY.values(), *self._trained.values()]:
             ready, why = spec.ready()
+            runtimes = {key: entry for key, entry in chosen.items() if key.split("|")[0] == spec.name}
             out.append({"name": spec.name, "family": spec.family, "dim": spec.dim, "input_size": spec.input_size,
-                        "ready": ready, "status": why, "licence": spec.licence, "source": spec.source})
+                        "ready": ready, "status": why, "licence": spec.licence, "source": spec.source,
+                        "runtimes": runtimes})
         return out
 
     # -- loaded networks ------------------------------------------------------
@@ -65,12 +84,18 @@ class Models:
                 self._placements[device] = resolve(device)
             return self._placements[device]
 
-    def backbone(self, cfg: ExtractorConfig, device: str | None = None) -> Backbone:
-        """Load a backbone once per Studio and device; poolings share one network."""
+    def backbone(self, cfg: ExtractorConfig, device: str | None = None, runtime: str | None = None) -> Backbone:
+        """Load a backbone once per Studio and device; poolings share one network.
+
+        A Keras network then runs through the runtime chosen for it (once per
+        pooling and runtime request, remembered on the loaded network so a
+        deleted model's choices go with it).
+        """
         cfg = self.resolve(cfg)
         spec = self.spec(cfg.backbone)
         placement = self.placement(device) if spec.family in CNN_FAMILIES else None
         key = (cfg.backbone, cfg.weights, cfg.input_size, getattr(placement, "kind", "cpu"))
+        runtime = option_checked(runtime or self.runtime)
         with self._lock:
             base = self._loaded.get(key)
             if base is None:
@@ -78,7 +103,64 @@ class Models:
                 base = spec.build(cfg.pooling, cfg.gem_p, placement, input_size=cfg.input_size, weights=weights,
                                   batch_size=self.batch_size)
                 self._loaded[key] = base
-        return base.with_pooling(cfg.pooling, cfg.gem_p)
+            backbone = base.with_pooling(cfg.pooling, cfg.gem_p)
+            if spec.family not in CNN_FAMILIES:
+                return backbone
+            from ..backbones.keras_model import KerasNetwork  # Keras is loaded by now
+
+            if not isinstance(backbone, KerasNetwork):  # a head on a CNN: its base chose already
+                return backbone
+            choices = base.__dict__.setdefault("_runtime_choices", {})
+            choice_key = (cfg.pooling, cfg.gem_p, runtime)
+            if choice_key not in choices:
+                choices[choice_key] = self._choose(backbone, placement, runtime)
+                if spec.family == "cnn":  # built-in networks: names are never reused
+                    from ..runtime.choose import remember
+
+                    remember(f"{cfg.key} · {runtime} · {placement.kind}", choices[choice_key])
+            return backbone.using(choices[choice_key])
+
+    def runtime_trials(self, cfg: ExtractorConfig, device: str | None = None) -> list[dict]:
+        """Every runtime checked against Keras for ``cfg`` here, and which one ``auto`` uses."""
+        from dataclasses import asdict
+
+        from ..runtime import OPTIONS
+        from ..runtime.choose import chooser
+
+        backbone = self.backbone(cfg, device, "auto")
+        if backbone.runtime_note == "" or not hasattr(backbone, "target"):
+            return [{"runtime": backbone.runtime, "auto": True, "status": "no network to convert"}]
+        rows = []
+        trials = chooser(backbone.target())
+        for opt in OPTIONS.values():
+            used = backbone.runtime == opt.label
+            if opt.name == "keras":
+                rows.append({"runtime": opt.name, "auto": used, "status": "the definition" + (" — used by auto" if used else "")})
+                continue
+            trial = trials.checked(opt)
+            rows.append({"runtime": opt.name, "auto": used, **asdict(trial),
+                         "status": trial.summary() + (" — used by auto" if used else "")})
+        rows.append({"runtime": "auto", "auto": True, "status": backbone.runtime_note})
+        return rows
+
+    def _choose(self, backbone, placement, runtime: str):
+        from ..device import import_keras
+        from ..runtime.choose import chooser, fixed
+
+        if runtime == "keras":
+            return fixed("Keras (as asked)")
+        backend = import_keras().config.backend()
+        why_not = ("Keras runs on the GPU" if getattr(placement, "kind", "cpu") == "gpu" else
+                   f"other runtimes convert from TensorFlow, and Keras runs on {backend} here"
+                   if backend != "tensorflow" else None)
+        if why_not:
+            if runtime != "auto":
+                raise ServiceError(f"runtime {runtime} cannot run here: {why_not}")
+            return fixed(f"auto: Keras, because {why_not}")
+        try:
+            return chooser(backbone.target()).choose(runtime)
+        except RuntimeUnavailable as exc:
+            raise ServiceError(str(exc)) from None
 
     # -- trained models -------------------------------------------------------
     def _register(self, row: dict) -> None:

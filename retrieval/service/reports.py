@@ -29,7 +29,9 @@ class IndexReport:
     reused: int = 0  # embeddings found in the cache
     seconds: float = 0.0
     device: str = ""
+    runtime: str = ""  # what ran the model ("OpenVINO bf16", "Keras f32", …)
     limit: str | None = None  # the whole-upload cap that was hit, if any
+    timings: dict[str, float] = field(default_factory=dict)  # seconds each stage worked (decode, embed, write)
 
     @property
     def images_per_second(self) -> float:
@@ -46,6 +48,8 @@ class IndexReport:
         self.reused += other.reused
         self.seconds += other.seconds
         self.device = self.device or other.device
+        self.runtime = self.runtime or other.runtime
+        self.timings = {k: self.timings.get(k, 0.0) + other.timings.get(k, 0.0) for k in {*self.timings, *other.timings}}
         self.limit = self.limit or other.limit
         return self
 
@@ -95,10 +99,11 @@ class SearchResult:
     device: str
     config: str
     search: dict
+    runtime: str = ""  # what ran the model ("OpenVINO bf16", "Keras f32", …)
 
     def to_json(self) -> dict:
         return {"results": [asdict(h) for h in self.hits], "timings": self.timings, "device": self.device,
-                "config": self.config, "search": self.search}
+                "runtime": self.runtime, "config": self.config, "search": self.search}
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..ann import AUTO_THRESHOLD
+from ..backbones import Backbone
 from ..config import ExtractorConfig, SearchConfig
 from ..decode import DecodeError, to_pixels
 from ..evaluation import EvalReport, agreement, exact_duplicate_groups, leave_one_out
@@ -131,9 +132,10 @@ class Searcher:
         shutil.rmtree(self.ann_folder, ignore_errors=True)
 
     # -- queries ------------------------------------------------------------------
-    def embed_query(self, image, cfg: ExtractorConfig, device: str | None = None) -> tuple[np.ndarray, dict[str, float], str]:
-        """A path, bytes, a PIL image or an RGB array -> its L2-normalised vector."""
-        backbone = self.models.backbone(cfg, device)
+    def embed_query(self, image, cfg: ExtractorConfig, device: str | None = None,
+                    runtime: str | None = None) -> tuple[np.ndarray, dict[str, float], Backbone]:
+        """A path, bytes, a PIL image or an RGB array -> its L2-normalised vector (and what made it)."""
+        backbone = self.models.backbone(cfg, device, runtime)
         start = time.perf_counter()
         try:
             pixels = to_pixels(image, backbone.input_size, self.limits)
@@ -142,16 +144,16 @@ class Searcher:
         decode_ms = _ms(start)
         start = time.perf_counter()
         vector = l2_normalize(backbone.embed(pixels[None]))[0]
-        return vector, {"decode_ms": decode_ms, "embed_ms": _ms(start)}, backbone.device
+        return vector, {"decode_ms": decode_ms, "embed_ms": _ms(start)}, backbone
 
     def search(self, image, ref: CollectionRef, cfg: ExtractorConfig, scfg: SearchConfig, device: str | None = None,
-               progress: Progress | None = None) -> SearchResult:
-        return self._search(image, ref, self.models.resolve(cfg), scfg, device, progress)[0]
+               progress: Progress | None = None, runtime: str | None = None) -> SearchResult:
+        return self._search(image, ref, self.models.resolve(cfg), scfg, device, runtime, progress)[0]
 
-    def _search(self, image, ref, cfg, scfg, device, progress) -> tuple[SearchResult, Gallery, Ranker, np.ndarray]:
+    def _search(self, image, ref, cfg, scfg, device, runtime, progress) -> tuple[SearchResult, Gallery, Ranker, np.ndarray]:
         started = time.perf_counter()
         ranker, gallery = self.ranker(ref, cfg, scfg, progress)
-        vector, timings, device = self.embed_query(image, cfg, device)
+        vector, timings, backbone = self.embed_query(image, cfg, device, runtime)
         start = time.perf_counter()
         ranking = ranker.search(vector[None], scfg.k)
         timings = {**timings, "search_ms": _ms(start), "total_ms": _ms(started)}
@@ -159,15 +161,18 @@ class Searcher:
         for rank, (row, score) in enumerate(zip(ranking.indices[0], ranking.scores[0]), start=1):
             m = gallery.members[row]
             hits.append(Hit(rank, m.name, m.path, m.label, float(score), m.sha256))
-        return SearchResult(hits, timings, device, cfg.key, asdict(scfg)), gallery, ranker, vector
+        result = SearchResult(hits, timings, backbone.device, cfg.key, asdict(scfg), backbone.runtime)
+        return result, gallery, ranker, vector
 
     def compare(self, image, ref: CollectionRef, a: tuple[ExtractorConfig, SearchConfig],
                 b: tuple[ExtractorConfig, SearchConfig], devices: tuple[str | None, str | None] = (None, None),
-                progress: Progress | None = None) -> Comparison:
+                progress: Progress | None = None,
+                runtimes: tuple[str | None, str | None] = (None, None)) -> Comparison:
         """Two configurations, one query: both result lists and how they agree."""
         results, orders = [], []
-        for (cfg, scfg), device in zip((a, b), devices):
-            result, gallery, ranker, vector = self._search(image, ref, self.models.resolve(cfg), scfg, device, progress)
+        for (cfg, scfg), device, runtime in zip((a, b), devices, runtimes):
+            result, gallery, ranker, vector = self._search(image, ref, self.models.resolve(cfg), scfg, device, runtime,
+                                                           progress)
             results.append(result)
             orders.append((gallery, ranker.full_order(vector[None])[0]))
         # Align both orders on image identity: the two galleries may differ

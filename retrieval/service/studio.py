@@ -44,12 +44,12 @@ class Studio:
     """
 
     def __init__(self, db: str | Path | None = None, device: str = "auto", batch_size: int = 32,
-                 workers: int | None = None, limits: Limits = Limits()):
+                 workers: int | None = None, limits: Limits = Limits(), runtime: str = "auto"):
         self.store = Store(db or default_db())
-        self.device, self.batch_size, self.limits = device, batch_size, limits
+        self.device, self.batch_size, self.limits, self.runtime = device, batch_size, limits, runtime
         self.workers = workers or default_workers()
         self.caches = Caches()
-        self._models = Models(self.store, self.caches, device, batch_size)
+        self._models = Models(self.store, self.caches, device, batch_size, runtime)
         self._indexer = Indexer(self.store, self._models, limits, batch_size, self.workers)
         self._searcher = Searcher(self.store, self._models, self._indexer, self.caches, limits)
         if self.store.migrated:
@@ -73,6 +73,10 @@ class Studio:
         """Every backbone this Studio can use: built-in ones and those trained in its database."""
         return self._models.listing()
 
+    def runtime_trials(self, cfg: ExtractorConfig = ExtractorConfig(), device: str | None = None) -> list[dict]:
+        """Each runtime against Keras for ``cfg`` on the reference photos: speed, parity, and auto's pick."""
+        return self._models.runtime_trials(cfg, device)
+
     def resolve(self, cfg: ExtractorConfig) -> ExtractorConfig:
         """``cfg`` with what its backbone implies filled in (input size, pooling for fixed models)."""
         return self._models.resolve(cfg)
@@ -80,8 +84,12 @@ class Studio:
     def placement(self, device: str | None = None):
         return self._models.placement(device)
 
-    def backbone(self, cfg: ExtractorConfig, device: str | None = None) -> Backbone:
-        return self._models.backbone(cfg, device)
+    def backbone(self, cfg: ExtractorConfig, device: str | None = None, runtime: str | None = None) -> Backbone:
+        """The loaded network for ``cfg``, run through ``runtime`` (default: the Studio's, ``auto``).
+
+        ``backbone(cfg).runtime`` names what runs it; ``.runtime_note`` says why.
+        """
+        return self._models.backbone(cfg, device, runtime)
 
     def embed_pixels(self, cfg: ExtractorConfig, pixels: np.ndarray) -> np.ndarray:
         return l2_normalize(self.backbone(cfg).embed(pixels))
@@ -125,20 +133,21 @@ class Studio:
     def ann_path(self, cid: int, config_id: int) -> Path:
         return self._searcher.ann_path(cid, config_id)
 
-    def embed_query(self, image, cfg: ExtractorConfig, device: str | None = None):
-        return self._searcher.embed_query(image, cfg, device)
+    def embed_query(self, image, cfg: ExtractorConfig, device: str | None = None, runtime: str | None = None):
+        return self._searcher.embed_query(image, cfg, device, runtime)
 
     def search(self, image, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
                scfg: SearchConfig = SearchConfig(), device: str | None = None,
-               progress: Progress | None = None) -> SearchResult:
+               progress: Progress | None = None, runtime: str | None = None) -> SearchResult:
         """Rank the collection against an image (path, bytes, PIL image or RGB array)."""
-        return self._searcher.search(image, self._galleries.ref(collection), cfg, scfg, device, progress)
+        return self._searcher.search(image, self._galleries.ref(collection), cfg, scfg, device, progress, runtime)
 
     def compare(self, image, collection: str, a: tuple[ExtractorConfig, SearchConfig],
                 b: tuple[ExtractorConfig, SearchConfig], devices: tuple[str | None, str | None] = (None, None),
-                progress: Progress | None = None) -> Comparison:
+                progress: Progress | None = None,
+                runtimes: tuple[str | None, str | None] = (None, None)) -> Comparison:
         """Two configurations, one query: both result lists and how they agree."""
-        return self._searcher.compare(image, self._galleries.ref(collection), a, b, devices, progress)
+        return self._searcher.compare(image, self._galleries.ref(collection), a, b, devices, progress, runtimes)
 
     def evaluate(self, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
                  scfg: SearchConfig = SearchConfig(), progress: Progress | None = None) -> EvalReport:
