@@ -119,6 +119,8 @@ def test_image_models_train_persist_and_delete(fashion, method):
         members = again.gallery("tops", cfg)[2].members
         row = next(i for i, m in enumerate(members) if m.name.endswith(query.name))
         assert np.allclose(again.embed_query(query, cfg)[0], vectors[row], atol=1e-5)
+        # a trained image model runs through the same runtime layer as the built-in ones
+        assert again.backbone(cfg).runtime.startswith("OpenVINO"), again.backbone(cfg).runtime_note
     finally:
         again.close()
     key = studio.resolve(cfg).key

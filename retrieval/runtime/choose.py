@@ -107,15 +107,14 @@ def _load(opt: RuntimeOption, target: Target, folder: Path) -> Runner:
 class Chooser:
     """Trials and runners for one network, under one folder of the data folder."""
 
-    def __init__(self, target: Target, folder: Path):
-        self.target = target
-        self.folder = folder
+    def __init__(self, target: Target, folder: Path, photos: Path = reference.PHOTOS):
+        self.target, self.folder, self.photos = target, folder, photos
         self._lock = threading.Lock()  # one conversion at a time per network
         self._keras: tuple[np.ndarray, float] | None = None
         self._runners: dict[str, Runner] = {}
 
     def _reference(self) -> tuple[np.ndarray, tuple]:
-        pixels, labels = reference.photos(self.target.input_size)
+        pixels, labels = reference.photos(self.target.input_size, self.photos)
         return self.target.prepare(pixels), labels
 
     def _keras_run(self, x: np.ndarray) -> tuple[np.ndarray, float]:
