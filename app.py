@@ -62,6 +62,7 @@ class AppSettings:
     max_pixels: int
     session_ttl_s: int
     cleanup_every_s: float | None = None  # None: a quarter of the TTL, within 60..600 s
+    runtime: str = "auto"  # what runs the CNNs by default (the Search tab can override it per query)
 
 
 def parse_args(argv: list[str] | None = None) -> AppSettings:
@@ -81,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> AppSettings:
                    help="seconds between sweeps for idle sessions (or RETRIEVAL_CLEANUP_EVERY_S; default: a quarter "
                         "of --session-ttl, kept within 60..600). Tests set it low, with a small --session-ttl, "
                         "to expire a session in seconds")
+    from retrieval.runtime import RUNTIMES
+
+    p.add_argument("--runtime", default=os.environ.get("RETRIEVAL_RUNTIME", "auto"), choices=RUNTIMES,
+                   help="what runs the CNNs by default (or RETRIEVAL_RUNTIME): auto (the fastest that matched Keras "
+                        "on the reference photos here), keras, or a named OpenVINO precision")
     a = p.parse_args(argv)
     if a.cleanup_every is not None and a.cleanup_every <= 0:
         p.error("--cleanup-every must be a positive number of seconds")
@@ -89,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> AppSettings:
     from retrieval.settings import data_dir
 
     return AppSettings(a.host, a.port, a.share, data_dir(), a.max_files, a.max_upload_mb, a.max_pixels, a.session_ttl,
-                       a.cleanup_every)
+                       a.cleanup_every, a.runtime)
 
 
 def _prepare_environment(settings: AppSettings) -> None:
@@ -117,7 +123,8 @@ class Backend:
         limits = Limits(max_pixels=settings.max_pixels, max_files=settings.max_files,
                         max_total_bytes=settings.max_upload_mb * 1024 * 1024,
                         max_file_bytes=min(100, settings.max_upload_mb) * 1024 * 1024)
-        self.studio = Studio(settings.data_dir / "retrieval.sqlite", device="auto", limits=limits)
+        self.studio = Studio(settings.data_dir / "retrieval.sqlite", device="auto", limits=limits,
+                             runtime=settings.runtime)
         self.ready = threading.Event()
         self.progress = (0, 0)
         self.error: str | None = None
@@ -743,10 +750,10 @@ def build(backend: Backend):
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
     _prepare_environment(settings)
+    backend = Backend(settings)
+    backend.start()  # the model loads while Gradio imports: the first query after the page is up is quick
     import gradio as gr
 
-    backend = Backend(settings)
-    backend.start()
     ui = build(backend)
     ui.queue(default_concurrency_limit=4).launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,

@@ -100,7 +100,7 @@ def _timed(call: Runner, x: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _load(opt: RuntimeOption, target: Target, folder: Path) -> Runner:
     example = target.prepare(np.zeros((1, target.input_size, target.input_size, 3), np.uint8))
-    xml = openvino_engine.convert(target.model, example, folder / opt.engine)
+    xml = openvino_engine.convert(target.model, example, folder / f"{opt.engine}-{openvino_engine.version()}")
     return openvino_engine.OpenVINORunner(xml, opt.precision, folder.parent / "openvino-compiled")
 
 
@@ -109,7 +109,7 @@ class Chooser:
 
     def __init__(self, target: Target, folder: Path, photos: Path = reference.PHOTOS):
         self.target, self.folder, self.photos = target, folder, photos
-        self._lock = threading.Lock()  # one conversion at a time per network
+        self._lock = threading.RLock()  # one conversion at a time per network
         self._keras: tuple[np.ndarray, float] | None = None
         self._runners: dict[str, Runner] = {}
 
@@ -132,7 +132,7 @@ class Chooser:
         why = openvino_engine.unavailable(opt.precision)
         if why:
             return Trial(opt.name, why)
-        record = self.folder / f"{opt.name}.json"
+        record = self.folder / f"{opt.name}@{openvino_engine.version()}.json"  # a new engine checks again
         if record.exists():
             try:
                 return Trial(**json.loads(record.read_text()))
@@ -150,14 +150,21 @@ class Chooser:
         measured = parity.measure(theirs, ours, list(labels))
         problem = parity.verdict(measured, opt.precision)
         trial = Trial(opt.name, problem, measured.to_json(), round(keras_speed, 1), round(runtime_speed, 1))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(trial), indent=1))
-        os.replace(tmp, record)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(asdict(trial), indent=1))
+            os.replace(tmp, record)
+        except OSError:
+            pass  # a read-only cache only costs this check again next time
         return trial
 
     def checked(self, opt: RuntimeOption) -> Trial:
         """The trial, failed too when the f32 conversion it runs is not faithful."""
+        with self._lock:
+            return self._checked(opt)
+
+    def _checked(self, opt: RuntimeOption) -> Trial:
         trial = self.trial(opt)
         if opt.precision == "f32" or trial.problem is not None:
             return trial

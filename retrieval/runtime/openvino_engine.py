@@ -32,6 +32,13 @@ def core():
         return _core
 
 
+def version() -> str:
+    """The engine's version, part of every conversion's and record's name."""
+    import openvino
+
+    return openvino.__version__.split("-")[0]
+
+
 def unavailable(precision: str) -> str | None:
     """None when this precision can run here, else why not (one line)."""
     if find_spec("openvino") is None:
