@@ -126,6 +126,26 @@ def end_to_end(db: Path, folder: Path, cfg, runtime: str, batch: int, workers: i
             "stage_busy_share": {k.removesuffix("_s"): round(v / wall, 2) for k, v in report.timings.items()}}
 
 
+def sweep(folder: Path, cfg, work: Path, limit: int) -> dict:
+    """End to end with ``auto`` over batch sizes and decode threads, on the first ``limit`` photos."""
+    import shutil
+
+    subset = work / "sweep"
+    if not subset.exists():
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))[:limit]
+        for f in files:
+            target = subset / f.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, target)
+    out = {}
+    for batch in (8, 16, 32, 64):
+        for workers in (1, 2, 3, 4):
+            row = end_to_end(work / f"sweep-{batch}-{workers}.sqlite", subset, cfg, "auto", batch, workers)
+            out[f"batch {batch}, {workers} decode threads"] = row["img_per_s"]
+            print(f"sweep batch {batch} workers {workers}: {row['img_per_s']} img/s", flush=True)
+    return out
+
+
 def measure(name: str, folder: Path, cfg, args, work: Path) -> dict:
     from retrieval import Studio
     from retrieval.decode import decode
@@ -165,6 +185,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--photos", default="benchmarks/out/photoset", help="where the photo set is built (reused)")
+    parser.add_argument("--sweep", type=int, default=0, metavar="N",
+                        help="also sweep batch size x decode threads for the default config on N photos")
     parser.add_argument("--out", default="docs/indexing.json")
     args = parser.parse_args()
 
@@ -178,6 +200,10 @@ def main() -> None:
     fmnist = fashion_mnist.write_folder(work / "fmnist", images, labels)
     result = {"command": f"python -m benchmarks.indexing --n {args.n} --fmnist-n {args.fmnist_n} --repeats {args.repeats}",
               "machine": {"cores": os.cpu_count(), "cpu": _cpu_name()}, "photoset": summary, "rows": {}}
+    if args.sweep:
+        backbone, pooling = CONFIGS["default (lite1/GeM)"]
+        result["sweep"] = sweep(Path(args.photos), ExtractorConfig(backbone, pooling), work, args.sweep)
+        result["command"] += f" --sweep {args.sweep}"
     for label, (backbone, pooling) in CONFIGS.items():
         result["rows"][f"photos · {label}"] = measure(f"photos-{pooling}", Path(args.photos),
                                                       ExtractorConfig(backbone, pooling), args, work)

@@ -38,6 +38,15 @@ def test_search_parameters_are_honoured(client):
     assert len(gallery) == 3 and _sha(gallery[0]["image"]) == _sha(DEMO / "coffee" / "coffee.jpg")
 
 
+def test_search_names_its_runtime_and_honours_a_runtime_choice(client):
+    """The default runs through the runtime auto chose (checked against Keras); Keras can be asked for by name."""
+    query = handle_file(str(DEMO / "cat" / "chelsea.jpg"))
+    auto, auto_timings = client.predict(query, api_name="/search")
+    keras, keras_timings = client.predict(query, runtime="keras", api_name="/search")
+    assert "**OpenVINO " in auto_timings and "**Keras f32**" in keras_timings
+    assert [_sha(g["image"]) for g in auto[:3]] == [_sha(g["image"]) for g in keras[:3]]  # same photos first
+
+
 def _camera(gallery_zip: Path) -> Path:
     import zipfile
 
