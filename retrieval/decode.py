@@ -69,10 +69,43 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
+# Modes Pillow resizes well as they are (RGBA and LA premultiplied by alpha):
+# these are resized *before* the colour conversion, so compositing a big PNG's
+# alpha onto white costs a 240x240 pass, not a full-size one. Others (palette,
+# 16-bit, CMYK) are converted first, as palette images resize only by nearest.
+_RESIZE_FIRST = frozenset({"RGB", "RGBA", "L", "LA"})
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def _resize(im: Image.Image, size: int) -> Image.Image:
+    return im.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+
+
 def _squash(rgb: Image.Image, size: int | None) -> np.ndarray:
     """RGB -> ``uint8`` pixels, squashed to ``size`` x ``size`` (the whole image stays in view)."""
     if size is not None:
-        rgb = rgb.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+        rgb = _resize(rgb, size)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _small_upright_rgb(im: Image.Image, size: int | None, orientation: int | None) -> np.ndarray:
+    """A loaded image -> upright RGB pixels at ``size``, doing the costly steps on the small image.
+
+    Squashing to a square commutes with the EXIF rotations and flips, and
+    (with premultiplied alpha) with compositing onto white, so both run after
+    the resize: on a 12 MP PNG with alpha that is most of the decode's cost.
+    """
+    if size is None:
+        return np.asarray(to_rgb(ImageOps.exif_transpose(im)), dtype=np.uint8)
+    if im.mode in _RESIZE_FIRST:
+        im = _resize(im, size)
+    rgb = to_rgb(im)
+    if rgb.size != (size, size):
+        rgb = _resize(rgb, size)
+    if orientation in _TRANSPOSE:
+        rgb = rgb.transpose(_TRANSPOSE[orientation])
     return np.asarray(rgb, dtype=np.uint8)
 
 
@@ -93,16 +126,16 @@ def decode(data: bytes | str | Path, size: int | None = None, limits: Limits = L
             with Image.open(source) as im:
                 width, height = im.size
                 _check_pixels(width, height, limits)
-                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated 90 degrees
-                    width, height = height, width
                 fmt = im.format or "unknown"
                 if getattr(im, "n_frames", 1) > 1:
                     im.seek(0)  # animations: the first frame stands for the file
                 if size is not None and fmt == "JPEG":
                     im.draft("RGB", (size, size))
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                pixels = _squash(to_rgb(im), size)
+                orientation = im.getexif().get(0x0112)  # after load: a PNG's eXIf chunk may follow its pixels
+                if orientation in (5, 6, 7, 8):  # rotated 90 degrees
+                    width, height = height, width
+                pixels = _small_upright_rgb(im, size, orientation)
     except DecodeError:
         raise
     except UnidentifiedImageError:

@@ -60,6 +60,8 @@ def test_reduced_precision_is_judged_by_the_ranking_it_gives():
     kept = parity.measure(vectors, nudged, labels)
     assert kept.median_cosine < parity.MIN_MEDIAN_COSINE  # f32 would refuse it ...
     assert parity.verdict(kept, "bf16") is None  # ... but the ranking is the same
+    far = vectors * (1 + 0.3 * rng.normal(size=vectors.shape)).astype(np.float32)  # int8-like: same classes, far vectors
+    assert "for a reduced precision" in parity.verdict(parity.measure(vectors, far, labels), "int8")
     swapped = vectors.copy()
     swapped[:6], swapped[11:17] = vectors[11:17], vectors[:6]  # half of two classes exchanged: labels now wrong
     lost = parity.measure(vectors, swapped, labels)
