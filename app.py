@@ -274,7 +274,7 @@ def build(backend: Backend):
     # the answer to the ``session`` State, and shows the service's note in its own message area.
     @friendly
     def search(query, backbone=DEFAULT_BACKBONE, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK,
-               whiten=DEFAULT_WHITEN, k=8, device="auto", runtime="auto", session=None, request: gr.Request = None):
+               whiten=DEFAULT_WHITEN, k=8, device="auto", runtime=None, session=None, request: gr.Request = None):
         """Rank the gallery against the query image; returns results and timings."""
         if query is None:
             raise gr.Error("Choose a query image first (upload, webcam, paste, or click a gallery image).")
@@ -286,7 +286,7 @@ def build(backend: Backend):
 
     @friendly
     def compare(query, a_backbone, a_pooling, a_metric, a_rerank, b_backbone, b_pooling, b_metric, b_rerank,
-                k=8, a_device="auto", b_device="auto", a_runtime="auto", b_runtime="auto", session=None,
+                k=8, a_device="auto", b_device="auto", a_runtime=None, b_runtime=None, session=None,
                 request: gr.Request = None):
         """Two configurations on one query, side by side, with their agreement."""
         if query is None:
@@ -584,7 +584,7 @@ def build(backend: Backend):
                             whiten = gr.Radio(list(WHITENINGS), value=DEFAULT_WHITEN, label="Post-processing",
                                               info="center: subtract the gallery mean · pca: PCA-whitening")
                             device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="Device")
-                            runtime = gr.Dropdown(list(RUNTIMES), value="auto", label="Runtime",
+                            runtime = gr.Dropdown(list(RUNTIMES), value=backend.settings.runtime, label="Runtime",
                                                   info="auto: the fastest that matched Keras here")
                         k = gr.Slider(1, 50, value=8, step=1, label="k (results)")
                         search_button = gr.Button("Search", variant="primary", elem_id="search-button")
@@ -621,7 +621,7 @@ def build(backend: Backend):
                         a_backbone, a_pooling, a_metric, a_rerank = settings_block("A · ")
                         with gr.Row():
                             a_device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="A · Device")
-                            a_runtime = gr.Dropdown(list(RUNTIMES), value="auto", label="A · Runtime")
+                            a_runtime = gr.Dropdown(list(RUNTIMES), value=backend.settings.runtime, label="A · Runtime")
                         a_results = gr.Gallery(label="A results", elem_id="compare-a", columns=3, height=360, object_fit="contain")
                         a_timings = gr.Markdown(elem_classes=["timing"])
                     with gr.Column():
@@ -630,7 +630,7 @@ def build(backend: Backend):
                         b_backbone, b_pooling, b_metric, b_rerank = settings_block("B · ", backbone=b_default, metric="euclidean", rerank="none")
                         with gr.Row():
                             b_device = gr.Radio(["auto", "cpu", "gpu"], value="auto", label="B · Device")
-                            b_runtime = gr.Dropdown(list(RUNTIMES), value="auto", label="B · Runtime")
+                            b_runtime = gr.Dropdown(list(RUNTIMES), value=backend.settings.runtime, label="B · Runtime")
                         b_results = gr.Gallery(label="B results", elem_id="compare-b", columns=3, height=360, object_fit="contain")
                         b_timings = gr.Markdown(elem_classes=["timing"])
 

@@ -177,6 +177,6 @@ def to_pixels(image: str | Path | bytes | Image.Image | np.ndarray, size: int | 
         raise DecodeError(f"not an image: a {type(image).__name__}")
     _check_pixels(image.width, image.height, limits)
     try:
-        return _squash(to_rgb(image), size)
+        return _small_upright_rgb(image, size, None)  # the same steps as a file, so the same pixels
     except (OSError, ValueError) as exc:  # a lazily opened image whose data turns out bad
         raise DecodeError(f"corrupt image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

@@ -53,6 +53,28 @@ def test_transparency_is_composited_on_white():
     assert out.pixels[0, 0].tolist() == list(WHITE)
 
 
+def test_resizing_before_compositing_and_rotating_changes_no_pixel_that_matters():
+    """The decoder squashes first, then composites alpha and applies EXIF: as if done the other way round."""
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut()).resize((1600, 1200))
+    alpha = Image.new("L", photo.size, 0)
+    alpha.paste(255, (200, 100, 1300, 1100))  # a cutout: opaque middle, transparent frame
+    rgba = photo.copy()
+    rgba.putalpha(alpha.resize((160, 120)).resize(photo.size, Image.BILINEAR))  # soft edges
+    white = Image.new("RGBA", rgba.size, WHITE + (255,))
+    reference = np.asarray(Image.alpha_composite(white, rgba).convert("RGB").resize((224, 224), Image.BILINEAR,
+                                                                                      reducing_gap=3.0), np.int16)
+    ours = decode(_bytes(rgba, "PNG"), 224).pixels.astype(np.int16)
+    assert np.abs(ours - reference).mean() < 1.0
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored rotated: displayed turned 90 degrees counter-clockwise
+    rotated = decode(_bytes(photo, "JPEG", quality=95, exif=exif.tobytes()), 224).pixels.astype(np.int16)
+    upright = np.asarray(photo.transpose(Image.Transpose.ROTATE_90).resize((224, 224), Image.BILINEAR,
+                                                                             reducing_gap=3.0), np.int16)
+    assert np.abs(rotated - upright).mean() < 4.0  # JPEG at 1/4 scale against a lossless reference
+
+
 def test_grey_cmyk_and_16_bit_become_rgb():
     grey = decode(_bytes(Image.new("L", (5, 5), 100), "PNG")).pixels
     assert grey.shape == (5, 5, 3) and grey[0, 0].tolist() == [100, 100, 100]
