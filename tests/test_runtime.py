@@ -21,11 +21,11 @@ from retrieval.runtime.choose import Chooser, digest
 
 ROOT = Path(__file__).resolve().parents[1]
 LITE0 = ExtractorConfig(backbone="efficientnet-lite0", pooling="gap")
-import openvino  # noqa: E402  (in requirements-common.txt: these tests never skip)
+from retrieval.runtime.openvino_engine import core  # openvino is in requirements-common.txt: never skipped
 
 
 def _bf16_here() -> bool:
-    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 # -- the gates, on vectors made to pass or fail them ------------------------------
@@ -172,3 +172,28 @@ def test_cli_runtime_flag_and_runtimes_command(photo_folder, tmp_path):
     assert out.returncode == 2 and "invalid choice: 'fast'" in out.stderr
     out = cli("models")
     assert "efficientnet-lite0|imagenet|224|gap · auto · cpu: OpenVINO" in out.stdout
+
+
+def test_a_conversion_calls_no_one_and_writes_only_in_the_cache(tmp_path):
+    """OpenVINO's converter reports usage to Google Analytics and writes ~/intel unless its telemetry is stubbed."""
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    home.mkdir()
+    code = """
+import sys, numpy as np
+from retrieval.runtime.choose import Chooser, Target, digest
+from retrieval.device import import_keras
+keras = import_keras()
+model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3), keras.layers.GlobalAveragePooling2D()])
+target = Target(model, 32, lambda im: np.asarray(im, np.float32) / 255.0, lambda x: model.predict_on_batch(x))
+choice = Chooser(target, Path(sys.argv[1]) / digest(model)).choose("openvino-f32")
+print(choice.label, [m for m in sys.modules if m.startswith("openvino_telemetry") and sys.modules[m] is not None])
+""".replace("import sys,", "import sys\nfrom pathlib import Path\nimport")
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(ROOT), "KERAS_HOME": str(cache / "keras"),
+           "MPLCONFIGDIR": str(cache / "matplotlib")}  # what the app sets for Keras and matplotlib, too
+    env.pop("CI", None)  # OpenVINO's own opt-out for CI must not be what keeps this quiet
+    out = subprocess.run([sys.executable, "-c", code, str(cache)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "OpenVINO f32 []"
+    assert list(home.iterdir()) == []  # no ~/intel (client id, usage counters), nothing else
+    assert any(cache.rglob("model.xml"))

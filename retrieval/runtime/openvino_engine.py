@@ -22,21 +22,37 @@ _core = None
 _core_lock = threading.Lock()
 
 
+def import_openvino():
+    """``import openvino`` with its usage telemetry replaced by OpenVINO's own stub.
+
+    Why: the converter reports usage to Google Analytics (forking a sender
+    that may wait seconds) and keeps a client id and counters in ``~/intel``.
+    The studio makes no outside calls and writes only inside its data folder.
+    OpenVINO falls back to ``telemetry_stub`` when ``openvino_telemetry``
+    cannot be imported; blocking that import before OpenVINO loads is how we
+    get the stub (if something imported OpenVINO first, its choice stands).
+    """
+    import sys
+
+    if "openvino" not in sys.modules:
+        for name in ("openvino_telemetry", "openvino_telemetry.backend"):
+            sys.modules.setdefault(name, None)  # None in sys.modules: "import name" raises ImportError
+    import openvino
+
+    return openvino
+
+
 def core():
     global _core
     with _core_lock:
         if _core is None:
-            import openvino as ov
-
-            _core = ov.Core()
+            _core = import_openvino().Core()
         return _core
 
 
 def version() -> str:
     """The engine's version, part of every conversion's and record's name."""
-    import openvino
-
-    return openvino.__version__.split("-")[0]
+    return import_openvino().__version__.split("-")[0]
 
 
 def unavailable(precision: str) -> str | None:
@@ -56,15 +72,17 @@ def convert(model, example: np.ndarray, folder: Path) -> Path:
     Weights stay f32 on disk (``compress_to_fp16=False``): the precision is a
     compile-time choice, so one conversion serves f32 and bf16.
     """
-    import openvino as ov
-
+    ov = import_openvino()
     xml = folder / "model.xml"
     if xml.exists():
         return xml
     tmp = folder.parent / f".{folder.name}.{uuid.uuid4().hex}.tmp"
     tmp.mkdir(parents=True)
     try:
-        ov.save_model(ov.convert_model(model, example_input=example), tmp / "model.xml", compress_to_fp16=False)
+        converted = ov.convert_model(model, example_input=example)
+        # any batch size: a traced Sequential model otherwise keeps the example's batch of 1
+        converted.reshape({converted.input(0): ov.PartialShape([-1, *example.shape[1:]])})
+        ov.save_model(converted, tmp / "model.xml", compress_to_fp16=False)
         try:
             os.rename(tmp, folder)
         except OSError:  # another process converted it first: keep theirs
