@@ -129,7 +129,7 @@ def decode(data: bytes | str | Path, size: int | None = None, limits: Limits = L
                 fmt = im.format or "unknown"
                 if getattr(im, "n_frames", 1) > 1:
                     im.seek(0)  # animations: the first frame stands for the file
-                if size is not None and fmt == "JPEG":
+                if size is not None and fmt in ("JPEG", "MPO"):  # MPO: phones' multi-picture JPEGs
                     im.draft("RGB", (size, size))
                 im.load()
                 orientation = im.getexif().get(0x0112)  # after load: a PNG's eXIf chunk may follow its pixels

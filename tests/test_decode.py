@@ -75,6 +75,23 @@ def test_resizing_before_compositing_and_rotating_changes_no_pixel_that_matters(
     assert np.abs(rotated - upright).mean() < 4.0  # JPEG at 1/4 scale against a lossless reference
 
 
+def test_phone_multi_picture_jpegs_are_decoded_at_reduced_scale_too():
+    """Many phones write MPO (a JPEG with a second frame); Pillow names it "MPO", and it must not decode at full size."""
+    from skimage import data
+
+    big = Image.fromarray(data.astronaut()).resize((2048, 2048))
+    buf = io.BytesIO()
+    big.save(buf, "MPO", save_all=True, append_images=[big.resize((256, 256))], quality=90)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        assert im.format == "MPO"
+        im.draft("RGB", (224, 224))
+        assert im.size == (256, 256)  # what draft gives a JPEG-coded frame: 1/8 scale
+        drafted = np.asarray(im.convert("RGB").resize((224, 224), Image.BILINEAR, reducing_gap=3.0))
+    out = decode(buf.getvalue(), 224)
+    assert out.format == "MPO" and (out.width, out.height) == (2048, 2048)
+    np.testing.assert_array_equal(out.pixels, drafted)  # decoded from the 1/8-scale DCT, not the full frame
+
+
 def test_grey_cmyk_and_16_bit_become_rgb():
     grey = decode(_bytes(Image.new("L", (5, 5), 100), "PNG")).pixels
     assert grey.shape == (5, 5, 3) and grey[0, 0].tolist() == [100, 100, 100]
