@@ -128,7 +128,7 @@ class Models:
         from ..runtime.choose import chooser
 
         backbone = self.backbone(cfg, device, "auto")
-        if backbone.runtime_note == "" or not hasattr(backbone, "target"):
+        if not hasattr(backbone, "target"):  # hand-crafted, or a head whose base network chose already
             return [{"runtime": backbone.runtime, "auto": True, "status": "no network to convert"}]
         rows = []
         trials = chooser(backbone.target())
