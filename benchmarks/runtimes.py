@@ -131,8 +131,10 @@ def calibration_pixels(size: int, n: int, seed: int = 1234) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the alternatives' recipes
 def ov_int8(net: Net) -> Runner:
+    from retrieval.runtime.openvino_engine import import_openvino
+
+    ov = import_openvino()  # first, so NNCF finds OpenVINO's telemetry stub too: no outside calls
     import nncf
-    import openvino as ov
 
     model = ov.convert_model(net.model, example_input=net.photos[:1])
     calibration = nncf.Dataset([net.calibration[i:i + 1] for i in range(len(net.calibration))])
