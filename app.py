@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 DEMO_DIR = HERE / "assets" / "demo"
 DEMO = "demo"
 SESSION_PREFIX = "session-"
+NO_QUERIES = "none (leave-one-out)"
 # Browsers know each file's path inside an uploaded folder (webkitRelativePath)
 # but Gradio keeps only the base name, which would lose the labels that
 # subfolders carry. This listener records the paths as the files are chosen;
@@ -195,12 +196,15 @@ def build(backend: Backend):
     from retrieval.config import DEFAULT_BACKBONE, DEFAULT_METRIC, DEFAULT_RERANK, DEFAULT_WHITEN, METRICS, RERANKS, WHITENINGS
     from retrieval.device import DeviceError
     from retrieval.pooling import POOLINGS
+    from retrieval.rerank import describe as describe_reranks
     from retrieval.runtime import RUNTIMES
 
     studio = backend.studio
     models = studio.models()
     ready_models = [m["name"] for m in models if m["ready"]]
     not_ready = "\n".join(f"- `{m['name']}`: {m['status']}" for m in models if not m["ready"])
+    fusion_costs = "".join(f" · {m['name']}: ≈ {m['cost']:.1f}× lite1 per image" for m in models
+                           if m["ready"] and m.get("cost"))
     export_root = backend.settings.data_dir / "exports"
 
     # -- helpers: names and formatting, no engine logic ----------------------
@@ -248,6 +252,8 @@ def build(backend: Backend):
     def timing_line(result) -> str:
         t = result.timings
         return (f"decode **{t['decode_ms']:.1f} ms** · embed **{t['embed_ms']:.1f} ms** · search **{t['search_ms']:.1f} ms** "
+                f"(re-rank **{t.get('rerank_ms', 0.0):.1f} ms**"
+                + (f", graph built **{t['graph_build_ms']:.0f} ms**" if "graph_build_ms" in t else "") + ") "
                 f"· total **{t['total_ms']:.1f} ms** on **{result.device}** · **{result.runtime}**")
 
     def friendly(fn):
@@ -500,23 +506,43 @@ def build(backend: Backend):
         event.set()
         return "Cancelling after the current batch…"
 
+    def query_galleries(collection: str) -> list[str]:
+        """Galleries a tab may take held-out queries from: shared ones, never another session's."""
+        return [NO_QUERIES] + [c.name for c in studio.collections()
+                               if c.labelled and c.name != collection and not c.name.startswith(SESSION_PREFIX)]
+
     @friendly
     def evaluate(backbones, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK, whiten=DEFAULT_WHITEN,
-                 session=None, progress=gr.Progress(), request: gr.Request = None):
-        """Leave-one-out evaluation of one or more backbones on the labelled gallery."""
+                 session=None, queries=NO_QUERIES, queries_zip=None, progress=gr.Progress(),
+                 request: gr.Request = None):
+        """Evaluate one or more backbones on the labelled gallery: leave-one-out, or held-out queries
+        (another gallery by name, or a zip of labelled subfolders) that are never gallery members."""
         backend.wait()
         backbones = [backbones] if isinstance(backbones, str) else list(backbones or [DEFAULT_BACKBONE])
         s = open_session(session, request)
         collection = s.collection
+        held_out = None
+        if queries_zip:
+            if queries and queries != NO_QUERIES:
+                raise gr.Error("Choose held-out queries from a gallery or a zip, not both.")
+            held_out = as_paths([queries_zip])[0]  # in the data folder (Gradio's uploads), like gallery zips
+        elif queries and queries != NO_QUERIES:
+            if queries not in query_galleries(collection):
+                raise gr.Error(f"no gallery named {queries!r} to take held-out queries from")
+            held_out = queries
         rows, curves, classes, reports = [], [], [], []
         for i, name in enumerate(backbones):
             progress((i, len(backbones)), desc=f"Evaluating {name}…")
             cfg, scfg = configs(name, pooling, metric, rerank, whiten, 10, collection)
-            report = studio.evaluate(collection, cfg, scfg,  # computes missing vectors on the way
+            report = studio.evaluate(collection, cfg, scfg, queries=held_out,  # computes missing vectors on the way
                                      progress=lambda d, t, m, n=name: progress((d, max(t, 1)), desc=f"{n}: {m}"))
             tag = studio.resolve(cfg).label
             reports.append(report.to_json())
-            rows.append({"configuration": tag, "metric": metric, "rerank": rerank, "post": whiten,
+            held = report.config.get("queries")
+            if held and held["kind"] == "zip":
+                held["source"] = held_out.name  # the upload's name, not where the server keeps it
+            protocol = f"held-out: {held['source']}" if held else "leave-one-out"
+            rows.append({"configuration": tag, "protocol": protocol, "metric": metric, "rerank": rerank, "post": whiten,
                          "mAP": round(report.map, 4), "P@1": round(report.p_at[1], 4), "P@5": round(report.p_at[5], 4),
                          "P@10": round(report.p_at[10], 4), "R@10": round(report.r_at[10], 4),
                          "nDCG@10": round(report.ndcg_at_10, 4), "queries": report.queries,
@@ -533,9 +559,17 @@ def build(backend: Backend):
         table.to_csv(csv_path, index=False)
         shown = "session" if s.private else collection  # a session's gallery name is nobody's business
         json_path.write_text(json.dumps({"collection": shown, "reports": reports}, indent=2))
+        held = reports[0]["config"].get("queries")
+        if held:
+            lines = [f"Evaluated {len(backbones)} configuration(s) on **{rows[0]['queries']} held-out queries** "
+                     f"from {code(held['source'])}, none of them a member of the gallery."]
+            lines += [f"- {note}" for note in held["notes"]]
+            lines += [f"- skipped: {code(k['name'])}: {' '.join(k['reason'].split())}" for k in held["unreadable"][:50]]
+        else:
+            lines = [f"Evaluated {len(backbones)} configuration(s) on {rows[0]['queries']} labelled queries "
+                     "(leave-one-out: each labelled image asks the others)."]
         return (table, pd.DataFrame(curves), pd.DataFrame(classes), [str(csv_path), str(json_path)],
-                with_note(s, f"Evaluated {len(backbones)} configuration(s) on {rows[0]['queries']} labelled queries."),
-                state(s))
+                with_note(s, "\n".join(lines)), state(s))
 
     def eval_hint(session=None, request: gr.Request = None):
         backend.wait()
@@ -545,7 +579,12 @@ def build(backend: Backend):
                     "label** (a folder upload or a zip with subfolders), or index with a `filename,label` CSV "
                     "(`python -m retrieval index FOLDER --labels labels.csv`).")
         labels = {m.label for m in members if m.label}
-        return f"{sum(1 for m in members if m.label)} labelled images in {len(labels)} classes: every one queries the rest."
+        return (f"{sum(1 for m in members if m.label)} labelled images in {len(labels)} classes: every one queries the "
+                "rest (leave-one-out), unless you choose held-out queries below, which never belong to the gallery.")
+
+    def eval_sources(session=None, request: gr.Request = None):
+        backend.wait()
+        return gr.Dropdown(choices=query_galleries(open_session(session, request).collection))
 
     # -- layout ----------------------------------------------------------------
     model_choices = ready_models or [DEFAULT_BACKBONE]
@@ -555,10 +594,10 @@ def build(backend: Backend):
 
     def settings_block(prefix: str, backbone=DEFAULT_BACKBONE, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK):
         b = gr.Dropdown(model_choices, value=backbone if backbone in model_choices else model_choices[0],
-                        label=f"{prefix}Backbone", info="only backbones ready on this machine are listed")
+                        label=f"{prefix}Backbone", info="only backbones ready on this machine are listed" + fusion_costs)
         p = gr.Radio(list(POOLINGS), value=pooling, label=f"{prefix}Pooling")
         m = gr.Dropdown(list(METRICS), value=metric, label=f"{prefix}Metric")
-        r = gr.Radio(list(RERANKS), value=rerank, label=f"{prefix}Re-ranking", info="qe: αQE · dba: database-side augmentation")
+        r = gr.Radio(list(RERANKS), value=rerank, label=f"{prefix}Re-ranking", info=describe_reranks())
         return b, p, m, r
 
     with gr.Blocks(title="Image retrieval studio", delete_cache=(3600, 6 * 3600)) as ui:
@@ -670,7 +709,14 @@ def build(backend: Backend):
                     eval_metric = gr.Dropdown(list(METRICS), value=DEFAULT_METRIC, label="Metric")
                     eval_rerank = gr.Radio(list(RERANKS), value=DEFAULT_RERANK, label="Re-ranking")
                     eval_whiten = gr.Radio(list(WHITENINGS), value=DEFAULT_WHITEN, label="Post-processing")
-                eval_button = gr.Button("Evaluate (leave-one-out)", variant="primary", elem_id="eval-button")
+                with gr.Row():
+                    eval_queries = gr.Dropdown([NO_QUERIES], value=NO_QUERIES, label="Held-out queries: a gallery",
+                                               info="leave-one-out, or another gallery's images as queries",
+                                               allow_custom_value=True,  # the list is per tab; the handler checks
+                                               elem_id="eval-queries")
+                    eval_queries_zip = gr.File(file_types=[".zip"], elem_id="eval-queries-zip", height=120,
+                                               label="…or a zip of held-out queries (one subfolder per label)")
+                eval_button = gr.Button("Evaluate", variant="primary", elem_id="eval-button")
                 eval_note = gr.Markdown()
                 eval_table = gr.Dataframe(label="Metrics", elem_id="eval-table", interactive=False)
                 with gr.Row():
@@ -728,7 +774,8 @@ def build(backend: Backend):
         remove_button.click(remove_selected, [selected_path, session], [browse, info, session, selected_path, listed],
                             **private)
         reset_button.click(reset, [session], [browse, info, session, selected_path, listed], api_name="reset")
-        relisting(eval_button.click(evaluate, [eval_backbones, eval_pooling, eval_metric, eval_rerank, eval_whiten, session],
+        relisting(eval_button.click(evaluate, [eval_backbones, eval_pooling, eval_metric, eval_rerank, eval_whiten, session,
+                                               eval_queries, eval_queries_zip],
                                     [eval_table, curve_plot, class_plot, exports, eval_note, session], api_name="evaluate"))
         default_whiten = gr.State(DEFAULT_WHITEN)
         relisting(results.select(why_match, [query, results, backbone, pooling, whiten, session],
@@ -744,6 +791,7 @@ def build(backend: Backend):
         ui.load(refresh, [session], listing, **private)
         ui.load(model_lists, [session], [backbone, a_backbone, b_backbone, eval_backbones], **private)
         ui.load(eval_hint, [session], [hint], **private)
+        ui.load(eval_sources, [session], [eval_queries], **private)
     return ui
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import config as C
 from .pooling import POOLINGS
+from .rerank import describe as describe_reranks
 from .runtime import RUNTIMES
 
 EXIT_USAGE = 2
@@ -29,7 +30,8 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=C.DEFAULT_BACKBONE, help=f"backbone (default: {C.DEFAULT_BACKBONE}); see 'models'")
+    p.add_argument("--model", default=C.DEFAULT_BACKBONE, help=f"backbone (default: {C.DEFAULT_BACKBONE}); see 'models'; "
+                   "or a fusion recipe, e.g. 'fusion:lite0+lite1*2+lite2;flip;scales=1,1.414;logits=0.5' (docs/fusion.md)")
     p.add_argument("--pooling", default=C.DEFAULT_POOLING, choices=POOLINGS, help=f"default: {C.DEFAULT_POOLING}")
     p.add_argument("--gem-p", type=float, default=C.DEFAULT_GEM_P, help="GeM exponent (default: 3)")
     p.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's own)")
@@ -44,8 +46,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default=C.DEFAULT_METRIC, choices=C.METRICS, help=f"default: {C.DEFAULT_METRIC}")
     p.add_argument("--rerank", default=C.DEFAULT_RERANK, choices=C.RERANKS,
-                   help=f"re-ranking after the first search, e.g. qe (alpha query expansion) or dba "
-                        f"(default: {C.DEFAULT_RERANK})")
+                   help=f"re-ranking after the first search: {describe_reranks()} (default: {C.DEFAULT_RERANK})")
     p.add_argument("--whiten", default=C.DEFAULT_WHITEN, choices=C.WHITENINGS,
                    help=f"post-processing learned on the collection, e.g. center (subtract its mean) or pca "
                         f"(PCA-whitening with shrinkage); default: {C.DEFAULT_WHITEN}")
@@ -93,10 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index(p)
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
 
-    p = sub.add_parser("evaluate", help="leave-one-out mAP, P@k, R@k, nDCG over labelled images")
+    p = sub.add_parser("evaluate", help="mAP, P@k, R@k, nDCG over labelled images: leave-one-out, or held-out "
+                       "queries with --queries")
     _add_db(p)
     _add_model(p)
     _add_search(p)
+    p.add_argument("--queries", metavar="FOLDER|ZIP|COLLECTION",
+                   help="held-out queries: a folder or zip with one subfolder per label, or another collection; "
+                        "they ask the whole gallery, and any that is also a gallery member is left out and counted. "
+                        "The honest protocol for re-rankings that learn from the gallery (default: leave-one-out, "
+                        "every labelled member asks the others)")
 
     p = sub.add_parser("remove", help="remove an image by path, name or sha256")
     p.add_argument("target", metavar="PATH_OR_HASH", help="the image's indexed path, its name in the collection, "
@@ -271,10 +278,20 @@ def cmd_search(args) -> int:
 
 def cmd_evaluate(args) -> int:
     studio = _studio(args)
-    report = studio.evaluate(args.collection, _extractor(args), _search_config(args))
+    report = studio.evaluate(args.collection, _extractor(args), _search_config(args), queries=args.queries)
     if args.json:
         _print_json(report.to_json())
         return 0
+    held = report.config.get("queries")
+    if held:
+        print(f"held-out: {report.queries} of {held['offered']} query images from {held['source']}, none of them a "
+              f"gallery member ({held['computed']} embeddings computed, {held['reused']} reused)")
+        for note in held["notes"]:
+            print(f"  {note}")
+        for skip in held["unreadable"]:
+            print(f"  skipped: {skip['name']}: {skip['reason']}")
+    else:
+        print(f"leave-one-out: every labelled image of {args.collection} asks the others")
     print(f"{report.queries} queries, {studio.resolve(_extractor(args)).label}, metric {args.metric}, rerank {args.rerank}"
           f", post-processing {args.whiten}")
     print(f"mAP {report.map:.4f}  P@1 {report.p_at[1]:.4f}  P@5 {report.p_at[5]:.4f}  P@10 {report.p_at[10]:.4f}  "

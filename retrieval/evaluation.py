@@ -134,6 +134,12 @@ def leave_one_out(
     rows. Unlabelled rows stay in the gallery as distractors but never query
     and are never relevant. Queries with no other item of their label are
     skipped: they have no answer to find.
+
+    The exclusions handed to ``rank`` hold the query's own row as well as its
+    exact duplicates: a ranker must treat them as absent from the gallery for
+    that query (``Ranker`` does), so that no re-ranker built on the gallery's
+    own neighbourhoods (DBA, diffusion, k-reciprocal) lets a query's row help
+    its own ranking.
     """
     n = len(labels)
     exclude = exclude if exclude is not None else [np.zeros(0, np.int64)] * n
@@ -144,7 +150,7 @@ def leave_one_out(
     used_rows: list[np.ndarray] = []
     for start in range(0, len(candidates), chunk):
         rows = candidates[start:start + chunk]
-        order = rank(rows, [exclude[r] for r in rows])
+        order = rank(rows, [np.union1d(np.array([r], np.int64), exclude[r]) for r in rows])
         part = _score_chunk(order, rows, coded, exclude, curve_k)
         keep = part["n_rel"] > 0
         used_rows.append(rows[keep])

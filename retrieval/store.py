@@ -22,6 +22,10 @@ id, or an upload that holds a collection id can never be served, or write
 into, something that merely got the same number after a drop.
 - ``transforms``: per (collection, config) learned post-processing, such as
   PCA-whitening, stored with the generation it was learned at.
+- ``query_vectors``: (config, sha256) -> vector for held-out query images,
+  which are no gallery's members: an image row is a member's picture (one
+  without members is an orphan and is deleted), so the vectors of images
+  that only ever asked are kept by content here, apart from every gallery.
 """
 
 from __future__ import annotations
@@ -188,6 +192,10 @@ class Store:
                 pk=("collection_id", "config_id", "kind"),
                 foreign_keys=[("collection_id", "collections", "id"), ("config_id", "configs", "id")],
                 if_not_exists=True,
+            )
+            db["query_vectors"].create(
+                {"config_id": int, "sha256": str, "dim": int, "vector": bytes, "added": str},
+                pk=("config_id", "sha256"), foreign_keys=[("config_id", "configs", "id")], if_not_exists=True,
             )
         self.migrated = migrated
 
@@ -419,6 +427,38 @@ class Store:
                 out[iid] = np.frombuffer(blob, np.float32)
         return out
 
+    def vectors_by_content(self, config_id: int, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Stored vectors by sha256: a member's (any collection) or a held-out query's.
+
+        Whatever door an image came in by, its vector for a configuration is
+        computed once: a query that is also some gallery's member, or was
+        asked before, costs no model time.
+        """
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(hashes), 500):
+            part = hashes[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for sha, blob in self._read(
+                    f"""SELECT i.sha256, e.vector FROM images i JOIN embeddings e ON e.image_id = i.id
+                        WHERE e.config_id = ? AND i.sha256 IN ({marks})
+                        UNION ALL SELECT sha256, vector FROM query_vectors WHERE config_id = ? AND sha256 IN ({marks})""",
+                    [config_id, *part, config_id, *part]):
+                out.setdefault(sha, np.frombuffer(blob, np.float32))
+        return out
+
+    def save_query_vectors(self, config_id: int, vectors: dict[str, np.ndarray]) -> None:
+        """Vectors of held-out query images (sha256 -> vector), one transaction; no image row, no member."""
+        if not vectors:
+            return
+        with self._lock, self.db.atomic():
+            if not self.db.execute("SELECT 1 FROM configs WHERE id = ?", [config_id]).fetchone():
+                return  # the model was deleted meanwhile
+            now = _now()
+            self.db["query_vectors"].insert_all(
+                ({"config_id": config_id, "sha256": sha, "dim": int(v.shape[-1]),
+                  "vector": np.ascontiguousarray(v, dtype=np.float32).tobytes(), "added": now}
+                 for sha, v in vectors.items()), replace=True)
+
     def _members_where(self, where: str, params: list) -> list[Member]:
         return [Member(*row) for row in self.db.execute(
             f"""SELECT i.id, i.sha256, m.name, m.path, m.label, i.width, i.height
@@ -564,6 +604,7 @@ class Store:
             row = self.db.execute("SELECT id FROM configs WHERE key = ?", [config_key]).fetchone()
             if row is not None:
                 self.db.execute("DELETE FROM embeddings WHERE config_id = ?", [row[0]])
+                self.db.execute("DELETE FROM query_vectors WHERE config_id = ?", [row[0]])
                 self.db.execute("DELETE FROM transforms WHERE config_id = ?", [row[0]])
                 self.db.execute("DELETE FROM configs WHERE id = ?", [row[0]])
             self.db.execute("DELETE FROM adapted WHERE name = ?", [name])

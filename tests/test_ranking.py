@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from retrieval.pooling import l2_normalize
-from retrieval.ranking import Ranker, alpha_query_expansion, build_ranker, database_augmentation, top_k
+from retrieval.ranking import RERANKS, Ranker, build_ranker, top_k
+from retrieval.rerank.qe import alpha_query_expansion
 from retrieval.whitening import fit_whitening
 
 
@@ -48,12 +49,6 @@ def test_query_expansion_moves_query_towards_its_neighbours(gallery):
     assert float((expanded @ gallery[0])[0]) > float((q @ gallery[0])[0])
 
 
-def test_dba_keeps_items_closest_to_themselves(gallery):
-    augmented = database_augmentation(gallery, n=2)
-    np.testing.assert_allclose(np.linalg.norm(augmented, axis=1), 1.0, atol=1e-5)
-    assert np.all(np.argmax(gallery @ augmented.T, axis=1) == np.arange(len(gallery)))
-
-
 def test_whitened_ranker_and_full_order(gallery):
     ranker = Ranker(gallery, "cosine", "qe", whitening=fit_whitening(gallery))
     order = ranker.full_order(gallery[:4])
@@ -80,7 +75,7 @@ def test_blocked_batch_search_equals_a_full_sort():
     ("mahalanobis", "none", ["mahalanobis+none"]),
     ("mahalanobis", "center", ["center", "mahalanobis+center"]),
 ])
-@pytest.mark.parametrize("rerank", ["none", "qe", "dba"])
+@pytest.mark.parametrize("rerank", list(RERANKS))
 def test_build_ranker_asks_fitted_for_each_learned_transform(gallery, metric, whiten, asked, rerank):
     """A caller's cache sees exactly the transforms it may keep, and caching changes no result."""
     kinds, kept = [], {}
@@ -114,3 +109,37 @@ def test_build_ranker_passes_the_vector_index_on(gallery):
 def test_unknown_choices_are_refused_by_name(gallery, metric, rerank):
     with pytest.raises(ValueError, match="choose one of"):
         build_ranker(gallery, metric, rerank)
+
+
+def test_the_registry_lists_every_re_ranker_and_config_reads_it():
+    from retrieval import config
+
+    assert list(RERANKS) == ["none", "qe", "dba", "diffusion", "kreciprocal"]
+    assert config.RERANKS == tuple(RERANKS)
+
+
+@pytest.mark.parametrize("rerank", list(RERANKS))
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_tiny_galleries_and_exclusions_for_every_re_ranker(rerank, n):
+    x = l2_normalize(np.random.default_rng(n).normal(size=(n, 8)).astype(np.float32))
+    ranker = build_ranker(x, "cosine", rerank, "center")
+    ranking = ranker.search(x, 10)
+    assert ranking.indices.shape == (n, n) and "rerank_ms" in ranking.timings
+    assert all(sorted(row) == list(range(n)) for row in ranking.indices.tolist())
+    exclude = [np.array([i, (i + 1) % n]) for i in range(n)]
+    hidden = ranker.search(x, 10, exclude=exclude).indices
+    assert hidden.shape == (n, max(n - 2, 0)) if n > 1 else hidden.shape == (1, 0)
+    assert not any(np.isin(row, ex).any() for row, ex in zip(hidden, exclude))
+    order = ranker.full_order(x, exclude)
+    assert all(set(row[-len(np.unique(ex)):]) == set(ex) for row, ex in zip(order, exclude))
+
+
+@pytest.mark.parametrize("rerank", list(RERANKS))
+def test_ties_are_ordered_by_row_for_every_re_ranker(rerank):
+    rng = np.random.default_rng(2)
+    x = l2_normalize(rng.normal(size=(40, 8)).astype(np.float32))
+    x[30] = x[5]
+    x[35] = x[5]  # three identical rows: equal scores under every re-ranker
+    ranking = build_ranker(x, "cosine", rerank).search(x[5:6], 40)
+    at = [int(np.flatnonzero(ranking.indices[0] == r)[0]) for r in (5, 30, 35)]
+    assert at == sorted(at) and at[2] - at[0] == 2

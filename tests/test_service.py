@@ -22,7 +22,7 @@ def test_query_returns_itself_first_and_its_near_duplicate_second(studio, indexe
     assert names[0] == "cats/chelsea.jpg" and result.hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert names[1] == "cats/chelsea_flipped.jpg"
     assert [h.rank for h in result.hits] == [1, 2, 3]
-    assert set(result.timings) == {"decode_ms", "embed_ms", "search_ms", "total_ms"}
+    assert set(result.timings) == {"decode_ms", "embed_ms", "search_ms", "rerank_ms", "total_ms"}
 
 
 def test_query_by_pixels_matches_query_by_file(studio, indexed, photo_folder):

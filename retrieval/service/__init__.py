@@ -3,7 +3,7 @@
 - ``studio``: the ``Studio`` facade, which passes each call on to
 - ``models`` (the backbones of one Studio), ``indexing`` (files -> vectors),
   ``searching`` (complete galleries, rankers, the IVF index, search,
-  compare, evaluate), ``galleries`` (uploads, forks, removal, drops,
+  compare), ``evaluating`` (leave-one-out, held-out queries), ``galleries`` (uploads, forks, removal, drops,
   cleanup, sessions; ``blobs`` holds uploaded files), ``training`` (adapt),
   ``insight`` (explain, embedding map);
 - ``caches``: every in-memory cache, keyed by never-reused identities;

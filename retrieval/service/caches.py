@@ -55,9 +55,12 @@ class Caches:
         self.rankers = LRU(8)  # (cid, config_id, generation, metric, rerank, whiten, ann) -> Ranker
         self.anns = LRU(4)  # (cid, config_id) -> AnnIndex, synced to the gallery on use
         self.maps = LRU(2)  # (cid, config_id, generation, whiten, rerank) -> 2-D projection
+        # (cid, config_id, generation, whiten, rerank) -> rerank.Lazy: a graph re-ranker's
+        # gallery-side state (kNN graph, reciprocal encodings), shared by every metric and index
+        self.graphs = LRU(4)
 
     def _all(self) -> tuple[LRU, ...]:
-        return self.galleries, self.rankers, self.anns, self.maps
+        return self.galleries, self.rankers, self.anns, self.maps, self.graphs
 
     def forget_collection(self, collection_id: int) -> None:
         for lru in self._all():

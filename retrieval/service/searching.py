@@ -1,4 +1,4 @@
-"""Searching: a complete gallery -> a prepared ranker (exact or IVF) -> hits, comparisons, evaluation.
+"""Searching: a complete gallery -> a prepared ranker (exact or IVF) -> hits and comparisons.
 
 Why the gallery is completed here: a gallery served for a configuration
 must hold every current member with a readable file, whatever backbone
@@ -22,7 +22,7 @@ from ..ann import AUTO_THRESHOLD
 from ..backbones import Backbone
 from ..config import ExtractorConfig, SearchConfig
 from ..decode import DecodeError, to_pixels
-from ..evaluation import EvalReport, agreement, exact_duplicate_groups, leave_one_out
+from ..evaluation import agreement
 from ..pooling import l2_normalize
 from ..ranking import Ranker, build_ranker
 from ..settings import Limits
@@ -81,8 +81,14 @@ class Searcher:
                 return learned
 
             ann = self._ann_index(ref.id, config_id, gallery) if use_ann else None
+            # A graph re-ranker's state (kNN graph, encodings) depends on the gallery and its
+            # post-processing only: rankers for other metrics or indexes share it. It is built
+            # lazily, on the first query that needs it, and again for each new generation.
+            graph_key = (ref.id, config_id, gallery.generation, scfg.whiten, scfg.rerank)
             ranker = build_ranker(gallery.vectors, scfg.metric, scfg.rerank, scfg.whiten, fitted=fitted, ann=ann,
-                                  ids=gallery.ids if use_ann else None)
+                                  ids=gallery.ids if use_ann else None, graph=self.caches.graphs.get(graph_key))
+            if ranker.graph is not None:
+                self.caches.graphs.put(graph_key, ranker.graph)
             self.caches.rankers.put(key, ranker)
         return ranker, gallery
 
@@ -156,7 +162,7 @@ class Searcher:
         vector, timings, backbone = self.embed_query(image, cfg, device, runtime)
         start = time.perf_counter()
         ranking = ranker.search(vector[None], scfg.k)
-        timings = {**timings, "search_ms": _ms(start), "total_ms": _ms(started)}
+        timings = {**timings, "search_ms": _ms(start), **ranking.timings, "total_ms": _ms(started)}
         hits = []
         for rank, (row, score) in enumerate(zip(ranking.indices[0], ranking.scores[0]), start=1):
             m = gallery.members[row]
@@ -183,21 +189,3 @@ class Searcher:
         ra = np.array([pos[ga.members[r].sha256] for r in oa if ga.members[r].sha256 in pos])
         rb = np.array([pos[gb.members[r].sha256] for r in ob if gb.members[r].sha256 in pos])
         return Comparison(results[0], results[1], agreement(ra[None], rb[None], min(a[1].k, b[1].k)))
-
-    def evaluate(self, ref: CollectionRef, cfg: ExtractorConfig, scfg: SearchConfig,
-                 progress: Progress | None = None) -> EvalReport:
-        """Leave-one-out over the collection's labelled images."""
-        cfg = self.models.resolve(cfg)
-        ranker, gallery = self.ranker(ref, cfg, scfg, progress)
-        labels = gallery.labels
-        if not any(label is not None for label in labels):
-            raise ServiceError(
-                f"the gallery {ref.name!r} has no labels: index a folder with one subfolder per label, "
-                "or pass --labels with a filename,label CSV")
-        started = time.perf_counter()
-        vectors = gallery.vectors
-        report = leave_one_out(labels, lambda rows, ex: ranker.full_order(vectors[rows], ex),
-                               exact_duplicate_groups(vectors))
-        report.seconds = time.perf_counter() - started
-        report.config = {"extractor": asdict(cfg), "key": cfg.key, "search": asdict(scfg), "collection": ref.name}
-        return report

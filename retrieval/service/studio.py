@@ -26,6 +26,7 @@ from ..settings import Limits, default_db
 from ..store import CollectionInfo, Gallery, Member, Store
 from .blobs import Blobs
 from .caches import Caches
+from .evaluating import Evaluator
 from .galleries import Galleries
 from .indexing import Indexer, Progress
 from .insight import Insight
@@ -57,6 +58,7 @@ class Studio:
         self._blobs = Blobs(self.blob_root, self.store.referenced)
         self._galleries = Galleries(self.store, self._blobs, self._indexer, self._models, limits,
                                     forget=self._searcher.forget)
+        self._evaluator = Evaluator(self._searcher, self._galleries, self._blobs, batch_size, self.workers)
         self._trainer = Trainer(self._models, self._searcher, self._indexer)
         self._insight = Insight(self._models, self._searcher, self.caches)
 
@@ -150,9 +152,18 @@ class Studio:
         return self._searcher.compare(image, self._galleries.ref(collection), a, b, devices, progress, runtimes)
 
     def evaluate(self, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
-                 scfg: SearchConfig = SearchConfig(), progress: Progress | None = None) -> EvalReport:
-        """Leave-one-out over the collection's labelled images."""
-        return self._searcher.evaluate(self._galleries.ref(collection), cfg, scfg, progress)
+                 scfg: SearchConfig = SearchConfig(), queries: str | Path | None = None,
+                 progress: Progress | None = None) -> EvalReport:
+        """Figures for the collection's labelled images; ``report.config["protocol"]`` says how.
+
+        Without ``queries``: leave-one-out, every labelled member asks the
+        others. With ``queries`` (a folder or zip of one subfolder per label,
+        or another collection's name): held-out, those images ask the whole
+        gallery, and any that is also a member is left out and counted
+        (``report.config["queries"]``). Held-out is the honest protocol for a
+        re-ranking that learns from the gallery.
+        """
+        return self._evaluator.evaluate(self._galleries.ref(collection), cfg, scfg, queries, progress)
 
     # -- insight ----------------------------------------------------------------
     def explain(self, query, result, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
