@@ -17,6 +17,8 @@ import glob
 import importlib.util
 import math
 import os
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,34 +103,47 @@ def weights_file(variant: LiteVariant) -> Path | None:
     return None
 
 
-def build_classifier(variant: LiteVariant, input_size: int | None = None):
-    """The full network with its ImageNet head; layers named for the mapping."""
+def build_classifier(variant: LiteVariant, input_size: int | None = None, share=None, head: bool = True):
+    """The full network with its ImageNet head; layers named for the mapping.
+
+    ``head=False``: the network up to its last feature map (1280 channels).
+
+    ``share``: a classifier of the same variant whose layers (and so weights)
+    the new graph calls instead of making its own. The network is fully
+    convolutional, so this is the same network at another input size (for
+    ``--input-size`` and multi-scale fusion), with nothing loaded or copied.
+    """
     from ..device import import_keras
     keras = import_keras()
     from keras import layers
+
+    def make(cls, name, *args, **kwargs):
+        return share.get_layer(name) if share is not None else cls(*args, name=name, **kwargs)
 
     size = input_size or variant.resolution
     inputs = keras.Input((size, size, 3), name="image")
 
     def conv_bn(x, filters, kernel, stride, name, act=True):
-        x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-        x = layers.BatchNormalization(epsilon=_BN_EPS, name=f"{name}_bn")(x)
-        return layers.ReLU(6.0, name=f"{name}_relu6")(x) if act else x
+        x = make(layers.Conv2D, f"{name}_conv", filters, kernel, stride, padding="same", use_bias=False)(x)
+        x = make(layers.BatchNormalization, f"{name}_bn", epsilon=_BN_EPS)(x)
+        return make(layers.ReLU, f"{name}_relu6", 6.0)(x) if act else x
 
     x = conv_bn(inputs, _STEM, 3, 2, "stem")
     for b, (kernel, stride, expand, c_in, c_out) in enumerate(block_args(variant)):
         shortcut = x
         if expand != 1:
             x = conv_bn(x, c_in * expand, 1, 1, f"block{b}_expand")
-        x = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=f"block{b}_dw_conv")(x)
-        x = layers.BatchNormalization(epsilon=_BN_EPS, name=f"block{b}_dw_bn")(x)
-        x = layers.ReLU(6.0, name=f"block{b}_dw_relu6")(x)
+        x = make(layers.DepthwiseConv2D, f"block{b}_dw_conv", kernel, stride, padding="same", use_bias=False)(x)
+        x = make(layers.BatchNormalization, f"block{b}_dw_bn", epsilon=_BN_EPS)(x)
+        x = make(layers.ReLU, f"block{b}_dw_relu6", 6.0)(x)
         x = conv_bn(x, c_out, 1, 1, f"block{b}_project", act=False)
         if stride == 1 and c_in == c_out:
-            x = layers.Add(name=f"block{b}_add")([shortcut, x])
+            x = make(layers.Add, f"block{b}_add")([shortcut, x])
     features = conv_bn(x, _HEAD, 1, 1, "head")
-    pooled = layers.GlobalAveragePooling2D(name="avg_pool")(features)
-    logits = layers.Dense(1000, name="fc")(pooled)
+    if not head:
+        return keras.Model(inputs, features, name=f"{variant.name.replace('-', '_')}_features")
+    pooled = make(layers.GlobalAveragePooling2D, "avg_pool")(features)
+    logits = make(layers.Dense, "fc", 1000)(pooled)
     return keras.Model(inputs, logits, name=variant.name.replace("-", "_"))
 
 
@@ -193,6 +208,22 @@ def load_classifier(variant: LiteVariant, input_size: int | None = None):
     return model
 
 
+# Loaded networks by (variant, device kind), while something uses them: a
+# second size of the same network (multi-scale fusion, ``--input-size``)
+# calls the loaded layers instead of loading the weights again.
+_loaded: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_loaded_lock = threading.Lock()
+
+
+def _native(variant: LiteVariant, placement):
+    key = (variant.name, getattr(placement, "kind", "cpu"))
+    with _loaded_lock:
+        classifier = _loaded.get(key)
+        if classifier is None:
+            classifier = _loaded[key] = load_classifier(variant)
+        return classifier
+
+
 def _build(variant: LiteVariant):
     def build(pooling: str, gem_p: float, placement, input_size: int | None = None, weights: str | None = None, batch_size: int = 32):
         from ..device import import_keras
@@ -203,9 +234,14 @@ def _build(variant: LiteVariant):
 
         if weights not in (None, "imagenet"):
             raise BackboneUnavailable(f"{variant.name}: only the packaged ImageNet weights are supported")
+        size = input_size or variant.resolution
         with placed(placement):
-            classifier = load_classifier(variant, input_size)
-            features = keras.Model(classifier.input, classifier.get_layer("head_relu6").output, name=f"{classifier.name}_features")
+            classifier = _native(variant, placement)
+            if size == variant.resolution:
+                features = keras.Model(classifier.input, classifier.get_layer("head_relu6").output,
+                                       name=f"{classifier.name}_features")
+            else:  # the loaded layers called on a new input: the same weights, nothing copied
+                features = build_classifier(variant, size, share=classifier, head=False)
         backbone = KerasBackbone(variant.name, features, preprocess, pooling, gem_p, placement, batch_size)
         backbone.classifier = classifier
         return backbone

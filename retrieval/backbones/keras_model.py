@@ -112,7 +112,12 @@ class KerasNetwork(Backbone):
 
 
 class KerasBackbone(KerasNetwork):
-    """A feature-map model with pooling in the graph; preprocessing in numpy."""
+    """A feature-map model with pooling in the graph; preprocessing in numpy.
+
+    ``logits``: a classifier layer (EfficientNet-Lite's ``fc``) applied to the
+    GAP of the same feature map; the output is then ``[pooled, logits]``, so
+    a fusion gets ImageNet logits from the forward pass it runs anyway.
+    """
 
     def __init__(
         self,
@@ -123,34 +128,58 @@ class KerasBackbone(KerasNetwork):
         gem_p: float,
         placement: Placement,
         batch_size: int = 32,
+        logits: keras.layers.Layer | None = None,
     ):
         super().__init__()
         self.name = name
         self.feature_model = feature_model
         self.preprocess = preprocess
         self.input_size = int(feature_model.input_shape[1])
-        self.dim = int(feature_model.output_shape[-1])
         self.pooling = pooling
         self.gem_p = gem_p
         self.placement = placement
         self.device = placement.description
         self.batch_size = batch_size
+        self.logits = logits
         with placed(placement):
             pooled = GlobalPooling(pooling, gem_p, name="pool")(feature_model.output)
-            self.model = keras.Model(feature_model.input, pooled, name=f"{feature_model.name}_{pooling}")
+            suffix = pooling
+            if logits is not None:
+                gap = GlobalPooling("gap", name="gap")(feature_model.output)
+                pooled = keras.layers.Concatenate(name="with_logits")([pooled, logits(gap)])
+                suffix += "_logits"
+            self.model = keras.Model(feature_model.input, pooled, name=f"{feature_model.name}_{suffix}")
+        self.dim = int(self.model.output_shape[-1])
+        self.descriptor_dim = int(feature_model.output_shape[-1])  # the pooled part of the output
 
     def prepare(self, images: np.ndarray) -> np.ndarray:
         return self.preprocess(np.asarray(images, dtype=np.float32))
 
-    def with_pooling(self, pooling: str, gem_p: float) -> KerasBackbone:
-        """The same network (shared weights, no rebuild) with another pooling, run by Keras."""
-        if (pooling, gem_p) == (self.pooling, self.gem_p):
-            return self
-        twin = KerasBackbone(self.name, self.feature_model, self.preprocess, pooling, gem_p, self.placement, self.batch_size)
+    def _twin(self, pooling: str, gem_p: float, logits) -> KerasBackbone:
+        """The same network (shared weights, no rebuild) with another output, run by Keras."""
+        twin = KerasBackbone(self.name, self.feature_model, self.preprocess, pooling, gem_p, self.placement,
+                             self.batch_size, logits)
         runtime_state = ("runner", "runtime", "runtime_note")  # the pooled graph changed: Keras runs it
         twin.__dict__.update({k: v for k, v in self.__dict__.items() if k not in twin.__dict__ and k not in runtime_state})
         twin._lock = self._lock  # same weights, same lock
         return twin
+
+    def with_pooling(self, pooling: str, gem_p: float) -> KerasBackbone:
+        """The same network with another pooling, run by Keras."""
+        if (pooling, gem_p) == (self.pooling, self.gem_p):
+            return self
+        return self._twin(pooling, gem_p, self.logits)
+
+    def with_logits(self) -> KerasBackbone:
+        """The same network whose output ends with its ImageNet logits, run by Keras."""
+        classifier = getattr(self, "classifier", None)
+        if classifier is None:
+            from .base import BackboneUnavailable
+
+            raise BackboneUnavailable(f"{self.name} has no ImageNet classifier to give logits")
+        if self.logits is not None:
+            return self
+        return self._twin(self.pooling, self.gem_p, classifier.get_layer("fc"))
 
     def feature_maps(self, images: np.ndarray) -> np.ndarray:
         """The last conv feature map, for explanations: ``(N, h, w, C)``, through Keras."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 
-from ..backbones import REGISTRY, Backbone, BackboneSpec, BackboneUnavailable
+from ..backbones import REGISTRY, SINGLE, Backbone, BackboneSpec, BackboneUnavailable, fusion, get_spec
 from ..backbones.adapted import spec_for
 from ..config import ExtractorConfig
 from ..runtime import RuntimeUnavailable, option
@@ -46,8 +47,8 @@ class Models:
 
     # -- names --------------------------------------------------------------
     def spec(self, name: str) -> BackboneSpec:
-        if name in REGISTRY:
-            return REGISTRY[name]
+        if name in REGISTRY or fusion.is_recipe(name):
+            return get_spec(name)
         with self._lock:
             if name not in self._trained:
                 rows = self.store.adapted(name)  # trained by another Studio on this database?
@@ -57,7 +58,9 @@ class Models:
             return self._trained[name]
 
     def resolve(self, cfg: ExtractorConfig) -> ExtractorConfig:
-        return cfg.resolved(self.spec(cfg.backbone))
+        """Everything the backbone implies filled in; a fusion takes its recipe's canonical name."""
+        spec = self.spec(cfg.backbone)
+        return replace(cfg, backbone=spec.name).resolved(spec)
 
     def listing(self) -> list[dict]:
         """Every backbone, and for CNNs what ran each configuration used so far, and why."""
@@ -65,12 +68,16 @@ class Models:
 
         chosen = remembered()
         out = []
-        for spec in [*REGISTRY.values(), *self._trained.values()]:
+        for name, spec in [*REGISTRY.items(), *self._trained.items()]:
             ready, why = spec.ready()
             runtimes = {key: entry for key, entry in chosen.items() if key.split("|")[0] == spec.name}
-            out.append({"name": spec.name, "family": spec.family, "dim": spec.dim, "input_size": spec.input_size,
-                        "ready": ready, "status": why, "licence": spec.licence, "source": spec.source,
-                        "runtimes": runtimes})
+            entry = {"name": name, "family": spec.family, "dim": spec.dim, "input_size": spec.input_size,
+                     "ready": ready, "status": why, "licence": spec.licence, "source": spec.source,
+                     "runtimes": runtimes}
+            if fusion.is_recipe(name):  # what it is made of, and what it costs per image
+                recipe = fusion.parse(name, SINGLE)
+                entry.update(recipe=recipe.name, cost=recipe.cost(), status=f"{why} · {fusion.cost_note(recipe)}")
+            out.append(entry)
         return out
 
     # -- loaded networks ------------------------------------------------------
@@ -93,9 +100,30 @@ class Models:
         """
         cfg = self.resolve(cfg)
         spec = self.spec(cfg.backbone)
+        runtime = option_checked(runtime or self.runtime)
+        if fusion.is_recipe(cfg.backbone):
+            return self._fusion(cfg, device, runtime)
+        return self._network(cfg, spec, device, runtime)
+
+    def _fusion(self, cfg: ExtractorConfig, device: str | None, runtime: str) -> Backbone:
+        """A fusion of this Studio's loaded part networks, each through its own checked runtime.
+
+        The parts are the same loaded networks (and runtime choices) as when
+        used alone, and other sizes (scales) share their weights.
+        """
+        recipe = fusion.parse(cfg.backbone, SINGLE)
+        fusion.check_build(recipe, SINGLE, cfg.input_size, None if cfg.weights == "imagenet" else cfg.weights)
+
+        def network(name: str, size: int, logits: bool) -> Backbone:
+            part = ExtractorConfig(name, cfg.pooling, cfg.gem_p, size)
+            return self._network(self.resolve(part), SINGLE[name], device, runtime, logits)
+
+        return fusion.assemble(recipe, SINGLE, network, cfg.pooling, cfg.gem_p)
+
+    def _network(self, cfg: ExtractorConfig, spec: BackboneSpec, device: str | None, runtime: str,
+                 logits: bool = False) -> Backbone:
         placement = self.placement(device) if spec.family in CNN_FAMILIES else None
         key = (cfg.backbone, cfg.weights, cfg.input_size, getattr(placement, "kind", "cpu"))
-        runtime = option_checked(runtime or self.runtime)
         with self._lock:
             base = self._loaded.get(key)
             if base is None:
@@ -104,6 +132,8 @@ class Models:
                                   batch_size=self.batch_size)
                 self._loaded[key] = base
             backbone = base.with_pooling(cfg.pooling, cfg.gem_p)
+            if logits:  # [descriptor, ImageNet logits] from one pass, for a fusion
+                backbone = backbone.with_logits()
             if spec.family not in CNN_FAMILIES:
                 return backbone
             from ..backbones.keras_model import KerasNetwork  # Keras is loaded by now
@@ -111,13 +141,14 @@ class Models:
             if not isinstance(backbone, KerasNetwork):  # a head on a CNN: its base chose already
                 return backbone
             choices = base.__dict__.setdefault("_runtime_choices", {})
-            choice_key = (cfg.pooling, cfg.gem_p, runtime)
+            choice_key = (cfg.pooling, cfg.gem_p, runtime, logits)
             if choice_key not in choices:
                 choices[choice_key] = self._choose(backbone, placement, runtime)
                 if spec.family == "cnn":  # built-in networks: names are never reused
                     from ..runtime.choose import remember
 
-                    remember(f"{cfg.key} · {runtime} · {placement.kind}", choices[choice_key])
+                    remember(f"{cfg.key}{' +logits' if logits else ''} · {runtime} · {placement.kind}",
+                             choices[choice_key])
             return backbone.using(choices[choice_key])
 
     def runtime_trials(self, cfg: ExtractorConfig, device: str | None = None) -> list[dict]:
@@ -128,6 +159,9 @@ class Models:
         from ..runtime.choose import chooser
 
         backbone = self.backbone(cfg, device, "auto")
+        if isinstance(backbone, fusion.FusionBackbone):  # no one network: say what each part runs
+            return [{"runtime": backbone.runtime, "auto": True,
+                     "status": f"each part of the fusion chose its own — {backbone.runtime_note}"}]
         if not hasattr(backbone, "target"):  # hand-crafted, or a head whose base network chose already
             return [{"runtime": backbone.runtime, "auto": True, "status": "no network to convert"}]
         rows = []
@@ -175,7 +209,7 @@ class Models:
         self._trained[name] = spec_for(row, base_backbone, params)
 
     def add_trained(self, row: dict) -> None:
-        if row["name"] in REGISTRY:
+        if row["name"] in REGISTRY or fusion.is_recipe(row["name"]):
             raise ServiceError(f"{row['name']!r} is a built-in model's name")
         self.store.save_adapted(row)
         with self._lock:
