@@ -18,11 +18,13 @@ from .pooling import DEFAULT_GEM_P
 if TYPE_CHECKING:
     from .backbones.base import BackboneSpec
 
-# Chosen from benchmarks/quality.py on Fashion-MNIST (docs/quality.md); see README "Defaults".
+# Chosen by measurement on held-out queries: Fashion-MNIST (docs/fashion_full.md)
+# and two real-photo sets (benchmarks/defaults.py, docs/defaults.md); see README
+# "Defaults, and why".
 DEFAULT_BACKBONE = "efficientnet-lite1"
 DEFAULT_POOLING = "gem"
 DEFAULT_METRIC = "cosine"
-DEFAULT_RERANK = "qe"
+DEFAULT_RERANK = "dba"
 DEFAULT_WHITEN = "center"
 
 # The choices, read from the registries that implement them: a new metric,
