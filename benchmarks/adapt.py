@@ -100,7 +100,8 @@ def main() -> None:
         started = time.perf_counter()
         weights, log = A.train_head(xtrain[fit], train_y[fit], 10, cfg, val=(xtrain[val], train_y[val]))
         seconds = time.perf_counter() - started
-        save("head", model="lite1 GeM vectors -> 512 -> 128, CosFace", train_images=len(fit), train_s=round(seconds, 1),
+        save("head", model=f"lite1 GeM vectors -> {cfg.heads} x (512 -> 128), CosFace", train_images=len(fit),
+             train_s=round(seconds, 1),
              epochs=len(log.history), best_epoch=log.best_epoch, **loo_map(A.apply_head(weights, xtest), test_labels))
     keras = import_keras()
     if "scratch" in methods:

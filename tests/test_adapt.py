@@ -86,13 +86,73 @@ def test_head_weights_round_trip_exactly():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 16)).astype(np.float32)
     y = np.repeat(np.arange(3), 40)
-    weights, log = train_head(x, y, 3, AdaptConfig(epochs=2, hidden=8, dim=4))
+    weights, log = train_head(x, y, 3, AdaptConfig(epochs=2, hidden=8, dim=4, heads=3))
     from retrieval.adapt import pack, unpack
 
     out = apply_head(weights, x)
-    assert out.shape == (120, 4) and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert weights["w1"].shape == (3, 16, 8) and out.shape == (120, 12)
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     assert np.array_equal(apply_head(unpack(pack(weights)), x), out)
     assert len(log.history) == 2
+
+
+def test_head_schedule_sizes_steps_not_only_epochs():
+    from retrieval.adapt import HEAD_MAX_STEPS, _head_schedule
+
+    small = _head_schedule(AdaptConfig(epochs=30), 2700)  # 300 per class, a tenth validating
+    assert small.batch_size == 67 and small.epochs == 30  # 41 updates an epoch, 1,230 in all
+    large = _head_schedule(AdaptConfig(epochs=30), 54000)
+    assert large.batch_size == 256 and large.epochs * -(-54000 // 256) <= HEAD_MAX_STEPS
+    assert _head_schedule(AdaptConfig(epochs=30, batch_size=64), 2700).batch_size == 64  # an explicit size wins
+
+
+def test_ensemble_training_is_deterministic_and_lifts_real_vectors(fashion):
+    """Real lite1 vectors of the look-alike tops: same seed, same weights; held-out mAP above the frozen one."""
+    from benchmarks.adapt import loo_map
+
+    studio, _ = fashion
+    gallery = studio.gallery("tops", ExtractorConfig())[2]
+    labels = np.array(gallery.labels)
+    y = np.searchsorted(np.unique(labels), labels)
+    rest, held = split_by_image(list(labels), 0.3, seed=0)
+    cfg = AdaptConfig(epochs=15, seed=3)
+    first, _ = train_head(gallery.vectors[rest], y[rest], 4, cfg)
+    second, _ = train_head(gallery.vectors[rest], y[rest], 4, cfg)
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+    test = list(labels[held])
+    before = loo_map(gallery.vectors[held], test)["map"]
+    after = loo_map(apply_head(first, gallery.vectors[held]), test)["map"]
+    assert after > before + 0.05, (before, after)
+
+
+def test_single_head_models_of_the_first_release_still_load(fashion):
+    """A stored head of 2-D arrays, with settings that predate ``heads``, serves the vectors it always gave."""
+    from dataclasses import asdict
+
+    from retrieval.adapt import pack
+
+    studio, _ = fashion
+    base = studio.resolve(ExtractorConfig())
+    x = studio.gallery("tops", ExtractorConfig())[2].vectors
+    rng = np.random.default_rng(0)
+    old = {"mean": x.mean(0), "w1": rng.normal(size=(x.shape[1], 32)).astype(np.float32),
+           "b1": np.zeros(32, np.float32), "w2": rng.normal(size=(32, 8)).astype(np.float32),
+           "b2": np.zeros(8, np.float32)}
+    settings = {k: v for k, v in AdaptConfig().to_json().items() if k != "heads"}
+    studio._models.add_trained({
+        "name": "old-head", "method": "head", "base": json.dumps(asdict(base)), "collection": "tops",
+        "input_size": base.input_size, "dim": 8, "params": pack(old), "settings": json.dumps(settings),
+        "figures": "{}"})
+    z = np.maximum((x - old["mean"]) @ old["w1"] + old["b1"], 0) @ old["w2"] + old["b2"]
+    expected = z / np.linalg.norm(z, axis=1, keepdims=True)  # the first release's formula
+    again = Studio(studio.store.path, device="cpu")
+    try:
+        cfg = ExtractorConfig(backbone="old-head")
+        assert again.backbone(cfg).dim == 8
+        assert np.allclose(again.gallery("tops", cfg)[2].vectors, expected, atol=1e-6)
+    finally:
+        again.close()
+    assert studio.delete_adapted("old-head")
 
 
 def test_cancel_stops_training_and_saves_nothing(fashion):

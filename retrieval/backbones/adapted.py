@@ -10,7 +10,9 @@ Why a backbone: search, compare, evaluate, the CLI and the UI all take a
 backbone name, so a trained model that registers a ``BackboneSpec`` is usable
 everywhere at once, with its own cached vectors in the store.
 
-- ``head``: the base CNN's pooled, normalised vector, then the head in numpy.
+- ``head``: the base CNN's pooled, normalised vector, then the head in numpy:
+  an ensemble of small MLPs whose unit outputs are concatenated (models
+  stored before ensembles hold one MLP as 2-D arrays and still load).
 - ``finetune`` and ``scratch``: a Keras image model, rebuilt from its
   settings and loaded with the stored weights.
 
@@ -42,11 +44,12 @@ class AdaptConfig:
     """How a model is trained, stored with it: the image models are rebuilt from it."""
 
     method: str = "head"
-    epochs: int = 30  # an upper bound: early stopping usually ends sooner
+    epochs: int = 30  # head: the length of its decaying schedule; image models: an upper bound (early stopping)
     batch_size: int = 0  # 0: 256 for the head, 32 for image models
     learning_rate: float = 0.0  # 0: 1e-3 for head and scratch, 1e-4 for fine-tuning
     weight_decay: float = 1e-4
-    dim: int = 128
+    dim: int = 128  # per head of the ensemble: the head's vectors have heads x dim components
+    heads: int = 5  # head only: members of the ensemble (1 = the single head of the first release)
     hidden: int = 512
     dropout: float = 0.5
     margin: float = 0.2
@@ -63,6 +66,8 @@ class AdaptConfig:
             raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.epochs < 1:
             raise ValueError("epochs must be at least 1")
+        if self.heads < 1:
+            raise ValueError("heads must be at least 1")
 
     @property
     def effective_batch(self) -> int:
@@ -78,14 +83,33 @@ class AdaptConfig:
 
 # -- the head: plain arrays ------------------------------------------------------
 def apply_head(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """The trained head in numpy: (N, D) unit vectors -> (N, dim) unit vectors.
+    """The trained head in numpy: (N, D) unit vectors -> (N, heads * dim) unit vectors.
 
     Plain matrix products, so an adapted gallery is re-embedded from its
     cached vectors in milliseconds and gives identical vectors on reload.
+    An ensemble stores its members stacked on a first axis (``w1`` is
+    (heads, D, hidden)); each member's output is normalised on its own and
+    the parts are concatenated, scaled by 1/sqrt(heads), so the cosine of two
+    vectors is the mean of the members' cosines. A single head stored as 2-D
+    arrays (the first release) is an ensemble of one and gives the vectors it
+    always gave.
     """
-    h = np.maximum((np.asarray(x, np.float32) - weights["mean"]) @ weights["w1"] + weights["b1"], 0.0)
-    z = h @ weights["w2"] + weights["b2"]
-    return (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    x = np.asarray(x, np.float32) - weights["mean"]
+    w1, b1, w2, b2 = (weights[k] for k in ("w1", "b1", "w2", "b2"))
+    if w1.ndim == 2:
+        w1, b1, w2, b2 = w1[None], b1[None], w2[None], b2[None]
+    parts = []
+    for m in range(len(w1)):
+        z = np.maximum(x @ w1[m] + b1[m], 0.0) @ w2[m] + b2[m]
+        parts.append(z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12))
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1) / np.float32(np.sqrt(len(parts)))
+    return out.astype(np.float32)
+
+
+def head_dim(weights: dict[str, np.ndarray]) -> int:
+    """Components of the head's vectors: dim for one head, heads * dim for an ensemble."""
+    w2 = weights["w2"]
+    return int(w2.shape[-1]) * (int(w2.shape[0]) if w2.ndim == 3 else 1)
 
 
 def pack(arrays: dict[str, np.ndarray]) -> bytes:
@@ -154,7 +178,7 @@ def load_weights(model, blob: bytes, tmp_dir: Path | None = None) -> None:
 class HeadBackbone(Backbone):
     def __init__(self, name: str, base: Backbone, weights: dict[str, np.ndarray]):
         self.name, self.base, self.weights = name, base, weights
-        self.input_size, self.dim, self.device = base.input_size, int(weights["w2"].shape[1]), base.device
+        self.input_size, self.dim, self.device = base.input_size, head_dim(weights), base.device
         self.runtime, self.runtime_note = base.runtime, base.runtime_note  # the CNN is the base's
 
     def embed(self, images: np.ndarray) -> np.ndarray:

@@ -80,7 +80,7 @@ class Trainer:
                                         val=(gallery.vectors[val_rows], y[val_rows]), on_epoch=on_epoch, cancel=cancel,
                                         on_batch=on_batch)
             after_vectors = A.apply_head(weights, gallery.vectors[held])
-            params, input_size, dim = A.pack(weights), base.input_size, acfg.dim
+            params, input_size, dim = A.pack(weights), base.input_size, A.head_dim(weights)
         else:
             from ..device import import_keras
 
