@@ -45,10 +45,9 @@ import numpy as np
 
 from retrieval import ExtractorConfig
 from retrieval.backbones import SINGLE, fusion
-from retrieval.decode import DecodeError, decode
 from retrieval.evaluation import exact_duplicate_groups, leave_one_out
-from retrieval.files import scan_folder
 from retrieval.ranking import build_ranker
+from retrieval.runtime import reference
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -70,15 +69,9 @@ TIMED = (*fusion.PRESETS, CHECKED)  # timed end to end  # embedded end to end to
 
 
 def photos(folder: Path, size: int) -> tuple[np.ndarray, list[str | None]]:
-    sources, _ = scan_folder(folder)
-    pixels, labels = [], []
-    for source in sources:
-        try:
-            pixels.append(decode(source.path, size).pixels)
-        except DecodeError:
-            continue
-        labels.append(source.label)
-    return np.stack(pixels), labels
+    """The folder's readable photos at ``size``, decoded as the runtime check decodes its reference set."""
+    pixels, labels = reference.photos(size, Path(folder))
+    return pixels, list(labels)
 
 
 def interleaved_ms(candidates: dict[str, tuple], rounds: int = 3) -> dict[str, float]:
