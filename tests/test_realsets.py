@@ -8,8 +8,6 @@ import pytest
 
 from benchmarks import realsets
 
-pytest.importorskip("skimage")
-
 
 @pytest.fixture(scope="module")
 def two_builds(tmp_path_factory):
