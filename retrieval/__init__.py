@@ -15,6 +15,10 @@ The data path, one module per stage::
 
 import os as _os
 
+# The version, written here only: pyproject.toml reads it at build time and
+# `retrieval --version` prints it (cli.version).
+__version__ = "0.1.0"
+
 # TensorFlow's C++ start-up chatter hides our own messages; users can still
 # turn it back on by setting the variable themselves.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

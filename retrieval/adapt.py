@@ -62,7 +62,10 @@ BatchCallback = Callable[[int, int, int], None]  # (epoch running, batch done, b
 
 
 class Cancelled(RuntimeError):
-    """Training was cancelled by the user; nothing was saved."""
+    """The user stopped a long operation (training, an evaluation, indexing) between two steps.
+
+    Training saves nothing when cancelled; indexing keeps the batches already committed.
+    """
 
 
 @dataclass

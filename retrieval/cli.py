@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import config as C
+from .metadata import DEFAULT_TEXT_MODE, DEFAULT_TEXT_WEIGHT, TEXT_MODES
 from .pooling import POOLINGS
 from .rerank import describe as describe_reranks
 from .runtime import RUNTIMES
@@ -32,7 +33,8 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=C.DEFAULT_BACKBONE, help=f"backbone (default: {C.DEFAULT_BACKBONE}); see 'models'; "
                    "or a fusion recipe, e.g. 'fusion:lite0+lite1*2+lite2;flip;scales=1,1.414;logits=0.5' (docs/fusion.md)")
-    p.add_argument("--pooling", default=C.DEFAULT_POOLING, choices=POOLINGS, help=f"default: {C.DEFAULT_POOLING}")
+    p.add_argument("--pooling", default=C.DEFAULT_POOLING, choices=POOLINGS,
+                   help=f"how the last feature map becomes one vector (default: {C.DEFAULT_POOLING})")
     p.add_argument("--gem-p", type=float, default=C.DEFAULT_GEM_P, help="GeM exponent (default: 3)")
     p.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's own)")
     p.add_argument("--weights", default="imagenet", help="'imagenet' or a local Keras weights file")
@@ -44,7 +46,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metric", default=C.DEFAULT_METRIC, choices=C.METRICS, help=f"default: {C.DEFAULT_METRIC}")
+    p.add_argument("--metric", default=C.DEFAULT_METRIC, choices=C.METRICS,
+                   help=f"distance between vectors that ranks the gallery (default: {C.DEFAULT_METRIC})")
     p.add_argument("--rerank", default=C.DEFAULT_RERANK, choices=C.RERANKS,
                    help=f"re-ranking after the first search: {describe_reranks()} (default: {C.DEFAULT_RERANK})")
     p.add_argument("--whiten", default=C.DEFAULT_WHITEN, choices=C.WHITENINGS,
@@ -58,8 +61,29 @@ def _add_index(p: argparse.ArgumentParser) -> None:
                    help="exact search, the approximate IVF index, or auto (IVF from 50,000 images on)")
 
 
+def version() -> str:
+    """The installed distribution's version when this very copy is the installed one, else ``__version__``.
+
+    Both come from ``retrieval.__version__`` (pyproject.toml reads it at build
+    time); the check keeps a checkout from reporting an older install's number.
+    """
+    from importlib import metadata
+
+    from . import __version__
+
+    try:
+        dist = metadata.distribution("retrieval-studio")
+    except metadata.PackageNotFoundError:
+        return __version__
+    installed = Path(str(dist.locate_file("retrieval/__init__.py"))).resolve()
+    return dist.version if installed == Path(__file__).resolve().with_name("__init__.py") else __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m retrieval", description="Content-based image retrieval with CNN features.")
+    prog = "retrieval" if Path(sys.argv[0]).name == "retrieval" else "python -m retrieval"  # the console command, or -m
+    parser = argparse.ArgumentParser(prog=prog, description="Content-based image retrieval with CNN features.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list backbones, their dimension, and whether they work offline")
@@ -69,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runtimes", help="check every runtime against Keras on the reference photos: speed, "
                        "parity, and which one auto uses")
     p.add_argument("--model", default=C.DEFAULT_BACKBONE, help=f"backbone (default: {C.DEFAULT_BACKBONE})")
-    p.add_argument("--pooling", default=C.DEFAULT_POOLING, choices=POOLINGS, help=f"default: {C.DEFAULT_POOLING}")
+    p.add_argument("--pooling", default=C.DEFAULT_POOLING, choices=POOLINGS,
+                   help=f"how the last feature map becomes one vector (default: {C.DEFAULT_POOLING})")
     p.add_argument("--gem-p", type=float, default=C.DEFAULT_GEM_P, help="GeM exponent (default: 3)")
     p.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's own)")
     p.add_argument("--db", help="a database whose trained models may be checked too")
@@ -83,16 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per model call and per transaction (default: 32)")
     p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores, 2..8)")
     p.add_argument("--labels", help="CSV of filename,label (default: first-level subfolder names)")
+    p.add_argument("--metadata", metavar="CSV", help="captions and tags, a name,caption,tags CSV matched like "
+                   "--labels (default: the folder's own metadata.csv, if any; a zip's metadata.csv at its root)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("search", help="rank a collection against a query image")
-    p.add_argument("image", help="the query: an image file")
+    p = sub.add_parser("search", help="rank a collection against a query image, words (captions and tags), or both")
+    p.add_argument("image", nargs="?", help="the query: an image file (leave out to search by --text alone)")
     _add_db(p)
     _add_model(p)
     _add_search(p)
     _add_index(p)
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    p.add_argument("--text", help="words to find in captions and tags (BM25; any word may match); alone, a text "
+                   "search that runs no model")
+    p.add_argument("--text-mode", default=DEFAULT_TEXT_MODE, choices=TEXT_MODES,
+                   help="with an image: filter (only images whose text matches, ranked by the image) or fuse "
+                        f"(blend both scores, see --text-weight); default: {DEFAULT_TEXT_MODE}")
+    p.add_argument("--text-weight", type=float, default=DEFAULT_TEXT_WEIGHT,
+                   help=f"fuse: share of the text score, 0 (image only) to 1 (text only); default: {DEFAULT_TEXT_WEIGHT}")
 
     p = sub.add_parser("evaluate", help="mAP, P@k, R@k, nDCG over labelled images: leave-one-out, or held-out "
                        "queries with --queries")
@@ -104,6 +138,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "they ask the whole gallery, and any that is also a gallery member is left out and counted. "
                         "The honest protocol for re-rankings that learn from the gallery (default: leave-one-out, "
                         "every labelled member asks the others)")
+    p.add_argument("--metadata", action="store_true",
+                   help="add a 'metadata only' row: each labelled image's own caption and tags ask the others' "
+                        "(BM25), scored the same way; --json then prints a list of both reports")
+    p.add_argument("--export", metavar="FOLDER",
+                   help="also write the table as evaluation-STAMP.csv and every report in full as .json into FOLDER "
+                        "(the same files as the app's Evaluate tab exports)")
+
+    p = sub.add_parser("metadata", help="captions and tags of a collection's images: import a CSV, show, set")
+    msub = p.add_subparsers(dest="action", required=True, help="import, show or set")
+    m = msub.add_parser("import", help="read a name,caption,tags CSV (header optional; tags separated by ';', "
+                        "or by ',' inside a quoted field); names match as --labels does")
+    m.add_argument("csv", metavar="CSV", help="the CSV file (UTF-8)")
+    _add_db(m)
+    m.add_argument("--json", action="store_true", help="machine-readable report")
+    m = msub.add_parser("show", help="list the images that have a caption or tags")
+    m.add_argument("key", nargs="?", metavar="NAME|PATH|SHA256", help="only this image (default: every one)")
+    _add_db(m)
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m = msub.add_parser("set", help="set one image's caption and/or tags")
+    m.add_argument("key", metavar="NAME|PATH|SHA256", help="the image: its name in the collection, path or sha256")
+    m.add_argument("--caption", help="the new caption ('' clears it; default: keep)")
+    m.add_argument("--tags", help="the new tags, separated by ';' ('' clears them; default: keep)")
+    _add_db(m)
 
     p = sub.add_parser("remove", help="remove an image by path, name or sha256")
     p.add_argument("target", metavar="PATH_OR_HASH", help="the image's indexed path, its name in the collection, "
@@ -240,7 +297,7 @@ def cmd_index(args) -> int:
     cfg = _extractor(args)
     report = None
     for folder in folders:
-        part = studio.index(folder, args.collection, cfg, args.labels, progress)
+        part = studio.index(folder, args.collection, cfg, args.labels, progress, metadata_csv=args.metadata)
         report = part if report is None else report.merge(part)
     if files:  # copied into the data folder by content hash, like the app's uploads
         part = studio.upload([(p, p.name, None) for p in files], args.collection, cfg, progress)
@@ -257,30 +314,71 @@ def cmd_index(args) -> int:
         print(f"  duplicate: {name} (same content as {original})")
     for skip in report.skipped:
         print(f"  skipped: {skip.name}: {skip.reason}")
+    _print_metadata(report.metadata)
     return 0
 
 
+def _print_metadata(imports) -> None:
+    for m in imports:
+        print(f"captions and tags: {m.applied} images from {m.source} ({m.rows} rows, {len(m.unknown)} naming no "
+              f"image, {len(m.bad)} refused)" if not m.error else f"captions and tags: none read from {m.source}")
+        for note in m.notes():
+            print(f"  {note}")
+
+
 def cmd_search(args) -> int:
-    image = Path(args.image)
-    if not image.is_file():
+    if args.image is None and args.text is None:
+        raise ValueError("give a query image, --text WORDS, or both")
+    image = Path(args.image) if args.image is not None else None
+    if image is not None and not image.is_file():
         raise FileNotFoundError(f"no such image: {image}")
     studio = _studio(args)
-    result = studio.search(image, args.collection, _extractor(args), _search_config(args, args.k))
+    if image is None:
+        result = studio.search_text(args.text, args.collection, args.k)
+    elif args.text is not None:
+        result = studio.search_combined(image, args.text, args.collection, _extractor(args),
+                                        _search_config(args, args.k), args.text_mode, args.text_weight)
+    else:
+        result = studio.search(image, args.collection, _extractor(args), _search_config(args, args.k))
     if args.json:
         _print_json(result.to_json())
         return 0
     for hit in result.hits:
-        print(f"{hit.rank:>3}  {hit.score:9.4f}  {hit.label or '-':<16} {hit.path or hit.name}")
+        print(f"{hit.rank:>3}  {hit.score:9.4f}  {hit.label or '-':<16} {_shown(hit.path) or hit.name}")
+    if result.text is not None:
+        print(f"text: {', '.join(result.text['terms'])} ({result.text['mode']}); {result.text['matched']} images match")
+        if image is None:
+            return 0
     t = result.timings
     print(f"decode {t['decode_ms']:.1f} ms, embed {t['embed_ms']:.1f} ms, search {t['search_ms']:.1f} ms on {result.device}, {result.runtime}")
     return 0
 
 
+def _shown(path: str | None) -> str | None:
+    """A stored path as the user would type it: relative to the current folder when inside it (like git)."""
+    if not path:
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def cmd_evaluate(args) -> int:
     studio = _studio(args)
     report = studio.evaluate(args.collection, _extractor(args), _search_config(args), queries=args.queries)
+    text = studio.evaluate_metadata(args.collection, queries=args.queries) if args.metadata else None
+    if args.export:
+        from .service.exports import evaluation_row, write_evaluation
+        from .service.textsearch import LABEL
+
+        reports = [report] + ([text] if text is not None else [])
+        tags = [studio.resolve(_extractor(args)).label] + ([LABEL] if text is not None else [])
+        files = write_evaluation(Path(args.export), [evaluation_row(r, t) for r, t in zip(reports, tags)], reports,
+                                 args.collection)
+        print(f"exported {files[0]} and {files[1]}", file=sys.stderr)
     if args.json:
-        _print_json(report.to_json())
+        _print_json(report.to_json() if text is None else [report.to_json(), text.to_json()])
         return 0
     held = report.config.get("queries")
     if held:
@@ -294,10 +392,48 @@ def cmd_evaluate(args) -> int:
         print(f"leave-one-out: every labelled image of {args.collection} asks the others")
     print(f"{report.queries} queries, {studio.resolve(_extractor(args)).label}, metric {args.metric}, rerank {args.rerank}"
           f", post-processing {args.whiten}")
+    _print_figures(report)
+    if text is not None:
+        print(f"{text.queries} queries, {text.config['label']}: each described labelled image's caption and tags ask")
+        if text.config.get("metadata", {}).get("no_text"):
+            print(f"  {len(text.config['metadata']['no_text'])} labelled images have no caption or tags and did not ask")
+        for note in (text.config.get("queries") or {}).get("notes", []):
+            print(f"  {note}")
+        _print_figures(text)
+    return 0
+
+
+def _print_figures(report) -> None:
     print(f"mAP {report.map:.4f}  P@1 {report.p_at[1]:.4f}  P@5 {report.p_at[5]:.4f}  P@10 {report.p_at[10]:.4f}  "
           f"R@10 {report.r_at[10]:.4f}  nDCG@10 {report.ndcg_at_10:.4f}  ({report.seconds:.2f} s)")
     for label, ap in report.per_class_ap.items():
         print(f"  AP {label:<20} {ap:.4f}")
+
+
+def cmd_metadata(args) -> int:
+    studio = _studio(args)
+    if args.action == "import":
+        report = studio.import_metadata(args.csv, args.collection)
+        if args.json:
+            _print_json(report.to_json())
+        else:
+            _print_metadata([report])
+        return 0
+    if args.action == "set":
+        if args.caption is None and args.tags is None:
+            raise ValueError("give --caption, --tags or both")
+        studio.set_metadata(args.collection, args.key, args.caption, args.tags)
+        args.json = False
+    described = studio.metadata(args.collection, args.key) if args.key else studio.metadata(args.collection)
+    rows = [described] if args.key else list(described.values())
+    rows = [r for r in rows if r is not None]
+    if args.json:
+        _print_json([{"name": r.name, "sha256": r.sha256, "caption": r.caption, "tags": list(r.tags)} for r in rows])
+        return 0
+    for r in rows:
+        print(f"{r.name}\t{r.caption}\t{'; '.join(r.tags)}")
+    if not rows:
+        print("no caption or tags" + (f" for {args.key}" if args.key else f" in {args.collection}"))
     return 0
 
 
@@ -388,7 +524,7 @@ def cmd_delete_model(args) -> int:
 
 
 COMMANDS = {"models": cmd_models, "runtimes": cmd_runtimes, "adapt": cmd_adapt, "explain": cmd_explain, "delete-model": cmd_delete_model, "index": cmd_index, "search": cmd_search, "evaluate": cmd_evaluate,
-            "remove": cmd_remove, "collections": cmd_collections, "drop": cmd_drop}
+            "remove": cmd_remove, "collections": cmd_collections, "drop": cmd_drop, "metadata": cmd_metadata}
 
 
 def main(argv: list[str] | None = None) -> int:

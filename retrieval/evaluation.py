@@ -127,6 +127,7 @@ def leave_one_out(
     exclude: list[np.ndarray] | None = None,
     chunk: int = 256,
     curve_k: int = 20,
+    asking: np.ndarray | None = None,
 ) -> EvalReport:
     """Every labelled row queries all the others.
 
@@ -140,12 +141,18 @@ def leave_one_out(
     that query (``Ranker`` does), so that no re-ranker built on the gallery's
     own neighbourhoods (DBA, diffusion, k-reciprocal) lets a query's row help
     its own ranking.
+
+    ``asking`` (row indices) narrows who asks, never who can be found: a
+    text query needs the row's own caption, but an undescribed row of the
+    query's label is still an answer it should have found.
     """
     n = len(labels)
     exclude = exclude if exclude is not None else [np.zeros(0, np.int64)] * n
     codes = {label: i for i, label in enumerate(sorted({l for l in labels if l is not None}))}
     coded = np.array([codes[l] if l is not None else -1 - i for i, l in enumerate(labels)], np.int64)
     candidates = np.array([i for i, l in enumerate(labels) if l is not None], np.int64)
+    if asking is not None:
+        candidates = np.intersect1d(candidates, np.asarray(asking, np.int64))
     acc: dict[str, list] = defaultdict(list)
     used_rows: list[np.ndarray] = []
     for start in range(0, len(candidates), chunk):

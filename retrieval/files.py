@@ -12,8 +12,11 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .settings import Limits
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,18 @@ def scan_folder(root: str | Path, limits: Limits = Limits()) -> tuple[list[Sourc
                 continue
             found.append(SourceFile(path, name, label_for(relative)))
     return found, skipped
+
+
+def match_key(table: dict[str, V], name: str) -> str | None:
+    """The key of ``table`` that names the file ``name``: its relative path, else its bare file name.
+
+    The one matching rule for every per-file CSV (labels, captions and tags),
+    so a file named one way in one CSV is found the same way in the other.
+    """
+    if name in table:
+        return name
+    bare = Path(name).name
+    return bare if bare in table else None
 
 
 def read_labels_csv(path: str | Path) -> dict[str, str]:

@@ -26,6 +26,10 @@ into, something that merely got the same number after a drop.
   which are no gallery's members: an image row is a member's picture (one
   without members is an orphan and is deleted), so the vectors of images
   that only ever asked are kept by content here, apart from every gallery.
+- ``metadata``: (collection, image) -> caption and tags, like a label a
+  property of the membership; ``metadata_fts`` is its FTS5 index (BM25),
+  kept in step by triggers, and a trigger on ``members`` deletes a
+  membership's metadata with it, so no removal path can leave text behind.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import numpy as np
 import sqlite_utils
 
 from .config import ExtractorConfig
+from .metadata import TOKENIZER
 
 
 class StoreError(RuntimeError):
@@ -61,6 +66,17 @@ class Member:
     label: str | None
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """A member's caption and tags (a membership's, like its label)."""
+
+    image_id: int
+    sha256: str
+    name: str
+    caption: str
+    tags: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -198,6 +214,50 @@ class Store:
                 pk=("config_id", "sha256"), foreign_keys=[("config_id", "configs", "id")], if_not_exists=True,
             )
         self.migrated = migrated
+        self.fts_error = self._create_text_index()
+
+    _TRIGGERS = (
+        """CREATE TRIGGER IF NOT EXISTS metadata_fts_insert AFTER INSERT ON metadata BEGIN
+           INSERT INTO metadata_fts(rowid, caption, tags) VALUES (new.id, new.caption, new.tags); END""",
+        """CREATE TRIGGER IF NOT EXISTS metadata_fts_delete AFTER DELETE ON metadata BEGIN
+           DELETE FROM metadata_fts WHERE rowid = old.id; END""",
+        """CREATE TRIGGER IF NOT EXISTS metadata_fts_update AFTER UPDATE ON metadata BEGIN
+           DELETE FROM metadata_fts WHERE rowid = old.id;
+           INSERT INTO metadata_fts(rowid, caption, tags) VALUES (new.id, new.caption, new.tags); END""",
+        """CREATE TRIGGER IF NOT EXISTS members_metadata_delete AFTER DELETE ON members BEGIN
+           DELETE FROM metadata WHERE collection_id = old.collection_id AND image_id = old.image_id; END""",
+    )
+
+    def _create_text_index(self) -> str | None:
+        """The metadata table, its FTS5 index and the triggers; returns why text search is unavailable, or None.
+
+        The index is rebuilt from the table when it was made with another
+        tokenizer, so changing ``TOKENIZER`` needs no migration by hand. A
+        Python whose SQLite lacks FTS5 still opens the store: only text
+        search and metadata writes refuse, with this one line.
+        """
+        db = self.db
+        with db.atomic():
+            db["metadata"].create({"id": int, "collection_id": int, "image_id": int, "caption": str, "tags": str,
+                                   "updated": str}, pk="id", not_null={"collection_id", "image_id"},
+                                  if_not_exists=True)
+            db["metadata"].create_index(["collection_id", "image_id"], unique=True, if_not_exists=True)
+            db["metadata"].create_index(["image_id"], if_not_exists=True)
+            row = db.execute("SELECT sql FROM sqlite_master WHERE name = 'metadata_fts'").fetchone()
+            try:
+                if row is None or f"'{TOKENIZER}'" not in row[0]:
+                    if row is not None:
+                        db.execute("DROP TABLE metadata_fts")
+                    db.execute(f"CREATE VIRTUAL TABLE metadata_fts USING fts5(caption, tags, tokenize='{TOKENIZER}')")
+                    db.execute("INSERT INTO metadata_fts(rowid, caption, tags) SELECT id, caption, tags FROM metadata")
+            except sqlite3.OperationalError as exc:
+                if "fts5" not in str(exc).lower():
+                    raise
+                return (f"this Python's SQLite ({sqlite3.sqlite_version}) has no FTS5, which search by text needs: "
+                        "install pysqlite3-binary")
+            for ddl in self._TRIGGERS:
+                db.execute(ddl)
+        return None
 
     def _migrate_to_autoincrement(self) -> bool:
         """Rebuild tables made before keys were AUTOINCREMENT (same rows, same ids).
@@ -283,6 +343,10 @@ class Store:
                 """INSERT INTO members (collection_id, image_id, name, path, label, added)
                    SELECT ?, image_id, name, path, label, added FROM members WHERE collection_id = ?
                    ORDER BY rowid""", [dst, source_id])
+            self.db.execute(
+                """INSERT INTO metadata (collection_id, image_id, caption, tags, updated)
+                   SELECT ?, image_id, caption, tags, updated FROM metadata WHERE collection_id = ? ORDER BY id""",
+                [dst, source_id])
             self._bump([dst])
             return dst
 
@@ -514,6 +578,83 @@ class Store:
             found |= {r[0] for r in self._read(
                 f"SELECT DISTINCT path FROM members WHERE path IN ({','.join('?' * len(part))})", part)}
         return found
+
+    # -- captions and tags --------------------------------------------------
+    def _need_fts(self) -> None:
+        if self.fts_error:
+            raise StoreError(self.fts_error)
+
+    def set_metadata(self, collection_id: int, values: dict[int, tuple[str, tuple[str, ...]]]) -> int:
+        """Captions and tags of members (image id -> (caption, tags)), one transaction.
+
+        An empty caption with no tags deletes the row: an image either has
+        text or has none. Image ids that are not members (removed meanwhile)
+        are skipped. Returns how many members were written.
+        """
+        self._need_fts()
+        if not values:
+            return 0
+        with self._lock, self.db.atomic():
+            if not self.db.execute("SELECT 1 FROM collections WHERE id = ?", [collection_id]).fetchone():
+                raise CollectionGone(f"collection {collection_id} was dropped")
+            ids = list(values)
+            live = set()
+            for start in range(0, len(ids), 500):
+                part = ids[start:start + 500]
+                live |= {r[0] for r in self.db.execute(
+                    f"SELECT image_id FROM members WHERE collection_id = ? AND image_id IN ({','.join('?' * len(part))})",
+                    [collection_id, *part])}
+            now = _now()
+            for iid in ids:
+                if iid not in live:
+                    continue
+                caption, tags = values[iid]
+                if not caption and not tags:
+                    self.db.execute("DELETE FROM metadata WHERE collection_id = ? AND image_id = ?", [collection_id, iid])
+                else:
+                    self.db.execute(
+                        """INSERT INTO metadata (collection_id, image_id, caption, tags, updated) VALUES (?, ?, ?, ?, ?)
+                           ON CONFLICT(collection_id, image_id) DO UPDATE SET caption = excluded.caption,
+                           tags = excluded.tags, updated = excluded.updated""",
+                        [collection_id, iid, caption, "; ".join(tags), now])
+            return len(live)
+
+    def metadata(self, collection_id: int) -> list[Metadata]:
+        """The members of a collection that have a caption or tags, in member order."""
+        rows = self._read(
+            """SELECT i.id, i.sha256, m.name, t.caption, t.tags FROM metadata t
+               JOIN members m ON m.collection_id = t.collection_id AND m.image_id = t.image_id
+               JOIN images i ON i.id = t.image_id WHERE t.collection_id = ? ORDER BY m.rowid""", [collection_id])
+        return [Metadata(iid, sha, name, caption or "", tuple(t for t in (tags or "").split("; ") if t))
+                for iid, sha, name, caption, tags in rows]
+
+    def text_scores(self, collection_id: int, expression: str) -> dict[int, float]:
+        """image id -> BM25 score (higher is better) of the members whose text matches an FTS5 expression.
+
+        FTS5's ``bm25()`` is lower-is-better, so it is negated. Its term
+        statistics cover every collection's metadata in this database.
+        """
+        self._need_fts()
+        try:
+            rows = self._read(
+                """SELECT t.image_id, -bm25(metadata_fts) FROM metadata_fts JOIN metadata t ON t.id = metadata_fts.rowid
+                   WHERE metadata_fts MATCH ? AND t.collection_id = ?""", [expression, collection_id])
+        except sqlite3.OperationalError as exc:  # the expression is built safely; say so if it ever is not
+            raise StoreError(f"text search failed: {exc}") from None
+        return {iid: float(score) for iid, score in rows}
+
+    def metadata_counts(self) -> dict[str, int]:
+        """Rows, indexed rows, and rows of live members, for checks that nothing drifted apart."""
+        self._need_fts()
+        rows, indexed, members, unindexed, stray = self._read(
+            """SELECT (SELECT COUNT(*) FROM metadata), (SELECT COUNT(*) FROM metadata_fts),
+                      (SELECT COUNT(*) FROM metadata t JOIN members m
+                         ON m.collection_id = t.collection_id AND m.image_id = t.image_id),
+                      (SELECT COUNT(*) FROM metadata t WHERE NOT EXISTS
+                         (SELECT 1 FROM metadata_fts f WHERE f.rowid = t.id)),
+                      (SELECT COUNT(*) FROM metadata_fts f WHERE NOT EXISTS
+                         (SELECT 1 FROM metadata t WHERE t.id = f.rowid))""")[0]
+        return {"rows": rows, "indexed": indexed, "members": members, "unindexed": unindexed, "stray": stray}
 
     # -- loading for search -----------------------------------------------
     def gallery(self, collection_id: int, config_id: int) -> Gallery:

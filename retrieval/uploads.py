@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .files import Skipped, SourceFile, sha256
+from .metadata import MAX_CSV_BYTES, SIDECAR
 from .settings import Limits
 
 _SAFE_EXT = re.compile(r"^\.[a-z0-9]{1,5}$")
@@ -40,6 +41,8 @@ class Intake:
     skipped: list[Skipped] = field(default_factory=list)
     total_bytes: int = 0
     limit_hit: str | None = None
+    sidecars: dict[str, bytes] = field(default_factory=dict)  # zip name -> its root metadata.csv (captions, tags)
+    hashes: dict[str, str] = field(default_factory=dict)  # source name -> sha256, to attach a sidecar's rows
 
 
 def blob_path(root: Path, digest: str, name: str) -> Path:
@@ -113,6 +116,13 @@ def _zip_entries(archive: Path, display: str, limits: Limits, intake: Intake) ->
                 continue
             if any(part.startswith(".") or part == "__MACOSX" for part in path.parts):
                 continue  # resource forks and hidden files
+            if len(path.parts) == 1 and path.name.lower() == SIDECAR:  # captions and tags, not an image
+                try:
+                    with zf.open(info) as fh:
+                        intake.sidecars[display] = _read_capped(fh, MAX_CSV_BYTES + 1)  # the parser refuses more
+                except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+                    intake.skipped.append(Skipped(shown, f"cannot extract: {exc}"))
+                continue
             if path.suffix.lower() in _ARCHIVES:
                 intake.skipped.append(Skipped(shown, "nested archive; not opened"))
                 continue
@@ -171,5 +181,6 @@ def intake(uploads: list[tuple[Path, str, str | None]], store: Callable[[bytes, 
                 continue
             result.total_bytes += len(data)
             blob = store(data, name)
+            result.hashes[name] = sha256(data)
             result.sources.append(SourceFile(blob, name, entry_label if entry_label is not None else label))
     return result

@@ -30,7 +30,7 @@ def _sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def split(tmp_path_factory, studio):
     root = tmp_path_factory.mktemp("split")
-    for folder in sorted(DEMO.iterdir()):
+    for folder in sorted(f for f in DEMO.iterdir() if f.is_dir()):  # metadata.csv sits beside them
         for i, file in enumerate(sorted(folder.iterdir())):
             target = root / ("queries" if i % 2 else "gallery") / folder.name / file.name
             target.parent.mkdir(parents=True, exist_ok=True)

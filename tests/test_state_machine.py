@@ -29,7 +29,12 @@ checked against the model, through the public API only:
 - evaluation's query count is the model's (labelled members whose label has
   another member); empty collections and unknown names raise ``ServiceError``
   with the contract's messages;
-- a reopened ``Studio`` answers a fixed query exactly as before.
+- a reopened ``Studio`` answers a fixed query exactly as before;
+- captions and tags (``set_metadata``, cleared by setting nothing) are the
+  model's: a fork or a new session starts with its template's, removing a
+  member or dropping a collection deletes its own, and the FTS5 index holds
+  exactly one row per metadata row, each a live member's; a text search for
+  a word finds exactly the members whose caption or tags hold it.
 
 Budget (CI): ``RETRIEVAL_STATEFUL_EXAMPLES`` programs (default 60) of at most
 ``RETRIEVAL_STATEFUL_STEPS`` steps (default 30); ``RETRIEVAL_STATEFUL_DERANDOMIZE=1``
@@ -90,6 +95,7 @@ PREFIX = "session-"
 NAMES = ("a", "b", "session-1", "session-2", "session-3")  # collections the rules write to
 LABELS = ("cat", "coffee", "space")
 UPLOAD_LABELS = (None, "cat", "coffee", None, "space", "cat")  # label of upload name u{j}: a function of the name
+WORDS = ("red", "blue", "kiwi", "zebra")  # caption and tag words: no stop words, each its own porter stem
 
 STATS = {"programs": 0, "steps": 0, "seconds": 0.0}
 RULES: dict[str, int] = {}  # steps per rule, to show what a run exercised
@@ -171,6 +177,7 @@ class StudioMachine(RuleBasedStateMachine):
         self.root = Path(tempfile.mkdtemp(prefix="stateful-", dir=self.base))
         self.studio: Studio | None = None
         self.colls: dict[str, dict[str, M]] = {}
+        self.meta: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {}  # collection -> sha -> (caption, tags)
         self.folders: list[dict[str, tuple[Path, str]]] = []  # folder -> name -> (file, sha) of its images
         self.contents: dict[str, bytes] = {c.sha: c.data for c in pool()}
         self.ever: dict[str, None] = {}  # every collection name that ever existed, in order
@@ -239,6 +246,11 @@ class StudioMachine(RuleBasedStateMachine):
 
     def _drop_model(self, name: str) -> None:
         del self.colls[name]
+
+    def _prune_meta(self) -> None:
+        """Captions and tags belong to a membership: they go with it (removed, replaced, dropped)."""
+        self.meta = {c: {sha: v for sha, v in m.items() if sha in self.colls[c]}
+                     for c, m in self.meta.items() if c in self.colls}
 
     def _write_folder(self, picks: list[int], labelled: list[bool], junk: bool) -> int:
         k = len(self.folders)
@@ -450,6 +462,7 @@ class StudioMachine(RuleBasedStateMachine):
         assert self.studio.fork(DEMO, name) == name
         if name not in self.colls:
             self.colls[name] = dict(self.colls[DEMO])
+            self.meta[name] = dict(self.meta.get(DEMO, {}))
             self.ever[name] = None
 
     @rule(writable=st.booleans(), current=st.sampled_from(["none", "live", "gone", "own"]), which=st.integers(0, 99),
@@ -490,9 +503,32 @@ class StudioMachine(RuleBasedStateMachine):
                 assert got.note and "\n" not in got.note.strip(), got
             assert got.private, got
             self.colls[got.collection] = dict(self.colls[DEMO])
+            self.meta[got.collection] = dict(self.meta.get(DEMO, {}))
             self.ever[got.collection] = None
             self.generated.append(got.collection)
             self.owners[owner] = got.collection
+
+    @precondition(lambda self: any(self.colls.values()))
+    @rule(which=st.integers(0, 999), caption=st.lists(st.sampled_from(WORDS), max_size=3),
+          tags=st.lists(st.sampled_from(WORDS), max_size=2, unique=True), by_name=st.booleans())
+    def set_metadata(self, which, caption, tags, by_name):
+        """Set a member's caption and tags (the demo's too, so forks and sessions inherit them); nothing at
+        all clears them."""
+        self._step()
+        self._prune_meta()
+        pairs = [(c, sha) for c in self._live() for sha in sorted(self.colls[c])]
+        collection, sha = pairs[which % len(pairs)]
+        key = self.colls[collection][sha].name if by_name else sha
+        if by_name and sum(m.name == key for m in self.colls[collection].values()) > 1:
+            key = sha  # a name two members share (two folders' files) picks either: ask by content
+        text = " ".join(caption)
+        got = self.studio.set_metadata(collection, key, caption=text, tags=tags)
+        if text or tags:
+            self.meta.setdefault(collection, {})[sha] = (text, tuple(tags))
+            assert (got.sha256, got.caption, got.tags) == (sha, text, tuple(tags)), got
+        else:
+            self.meta.get(collection, {}).pop(sha, None)
+            assert got is None, got
 
     @rule(where=st.integers(0, 99), generated=st.booleans())
     def drop(self, where, generated):
@@ -620,6 +656,23 @@ class StudioMachine(RuleBasedStateMachine):
         root = Path(self.studio.blob_root)
         stored = {_resolved(p) for p in root.rglob("*") if not p.is_dir()} if root.exists() else set()
         assert stored <= in_use, f"files under blob_root that no member holds: {sorted(stored - in_use)}"
+
+    @invariant()
+    def metadata_is_the_model(self):
+        self._prune_meta()
+        total = sum(len(m) for m in self.meta.values())
+        counts = self.studio.store.metadata_counts()
+        assert counts == {"rows": total, "indexed": total, "members": total, "unindexed": 0, "stray": 0}, \
+            (counts, total)
+        for c in self._live():
+            model = self.meta.get(c, {})
+            got = {sha: (m.caption, m.tags) for sha, m in self.studio.metadata(c).items()}
+            assert got == model, f"{c}: engine {got} != model {model}"
+            if self.colls[c]:
+                for word in WORDS[:2]:
+                    hits = self.studio.search_text(word, c, 1000).hits
+                    want = {sha for sha, (text, tags) in model.items() if word in text.split() or word in tags}
+                    assert {h.sha256 for h in hits} == want, (c, word)
 
     @invariant()
     def every_configuration_sees_exactly_the_members(self):

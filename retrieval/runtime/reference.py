@@ -15,7 +15,10 @@ import numpy as np
 from ..decode import DecodeError, decode
 from ..files import scan_folder
 
-PHOTOS = Path(__file__).resolve().parents[2] / "assets" / "demo"
+# The demo gallery: ``assets/demo`` in a checkout; an installed package carries
+# it as ``retrieval/_demo`` (pyproject.toml maps the one onto the other).
+_INSTALLED = Path(__file__).resolve().parents[1] / "_demo"
+PHOTOS = _INSTALLED if _INSTALLED.is_dir() else Path(__file__).resolve().parents[2] / "assets" / "demo"
 
 
 @lru_cache(maxsize=4)

@@ -5,7 +5,9 @@
   ``searching`` (complete galleries, rankers, the IVF index, search,
   compare), ``evaluating`` (leave-one-out, held-out queries), ``galleries`` (uploads, forks, removal, drops,
   cleanup, sessions; ``blobs`` holds uploaded files), ``training`` (adapt),
-  ``insight`` (explain, embedding map);
+  ``insight`` (explain, embedding map), ``captions`` (captions and tags: CSV,
+  zip sidecars, edits) and ``textsearch`` (BM25 search, filter and fuse with
+  an image, the metadata evaluation row);
 - ``caches``: every in-memory cache, keyed by never-reused identities;
 - ``reports``: the values handed back.
 """

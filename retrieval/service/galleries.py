@@ -22,6 +22,7 @@ from ..settings import Limits
 from ..store import Member, Store
 from ..uploads import intake
 from .blobs import Blobs
+from .captions import Captions
 from .indexing import Indexer, Progress
 from .models import Models
 from .reports import CollectionRef, IndexReport, ServiceError, Session
@@ -33,8 +34,9 @@ GONE_NOTE = ("Your previous gallery no longer exists (it was idle for too long, 
 
 class Galleries:
     def __init__(self, store: Store, blobs: Blobs, indexer: Indexer, models: Models, limits: Limits,
-                 forget: Callable[[int], None]):
+                 forget: Callable[[int], None], captions: Captions | None = None):
         self.store, self.blobs, self.indexer, self.models, self.limits = store, blobs, indexer, models, limits
+        self.captions = captions or Captions(store)  # a zip's metadata.csv is applied as it is uploaded
         self._forget = forget  # the searcher's caches and index files of a dropped collection
         self._touched: dict[int, float] = {}  # collection id -> when use was last written to the database
         self._used: dict[int, float] = {}  # collection id -> when it was last used by this process
@@ -78,6 +80,7 @@ class Galleries:
         with self.blobs.lease() as lease:
             taken = intake(list(uploads), lease.store, self.limits)
             report = self.indexer.add(taken.sources, ref, cfg, progress)
+            report.metadata = self.captions.sidecars(ref, taken)
         report.skipped = taken.skipped + report.skipped
         report.limit = taken.limit_hit
         return report

@@ -18,7 +18,8 @@ import numpy as np
 from ..backbones.adapted import HeadBackbone
 from ..config import ExtractorConfig
 from ..extract import Prepared, embed_batches, ordered_map, prepare
-from ..files import Skipped, SourceFile, read_labels_csv, scan_folder
+from ..files import Skipped, SourceFile, match_key, read_labels_csv, scan_folder
+from ..metadata import SIDECAR
 from ..pooling import l2_normalize
 from ..settings import Limits
 from ..store import CollectionGone, NewMember, Store
@@ -42,9 +43,10 @@ class Indexer:
                progress: Progress | None = None) -> IndexReport:
         """A folder, recursively; labels from first-level subfolders or a CSV."""
         sources, skipped = scan_folder(folder, self.limits)
+        sources = [s for s in sources if s.name.lower() != SIDECAR]  # captions and tags, read by the caller
         if labels_csv is not None:
             labels = read_labels_csv(labels_csv)
-            sources = [SourceFile(s.path, s.name, labels.get(s.name, labels.get(Path(s.name).name, s.label)))
+            sources = [SourceFile(s.path, s.name, labels[key] if (key := match_key(labels, s.name)) is not None else s.label)
                        for s in sources]
         report = self.add(sources, ref, cfg, progress)
         report.skipped = skipped + report.skipped

@@ -17,6 +17,39 @@ class ServiceError(RuntimeError):
 
 
 @dataclass
+class MetadataImport:
+    """What became of a captions-and-tags CSV: rows applied, and every row that was not, with why."""
+
+    source: str
+    rows: int = 0  # rows read with an image name
+    applied: int = 0  # members whose caption and tags were written (or cleared)
+    unknown: list[str] = field(default_factory=list)  # names that match no member (or no indexed file)
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (line, reason): rows refused
+    error: str | None = None  # a sidecar that could not be read at all (an import raises instead)
+
+    def notes(self) -> list[str]:
+        """One line per kind of problem; the same words in the CLI, the app and JSON."""
+        out = []
+        if self.error:
+            out.append(f"{self.source}: {self.error}")
+        if self.unknown:
+            shown = ", ".join(self.unknown[:3]) + (", …" if len(self.unknown) > 3 else "")
+            out.append(f"{len(self.unknown)} row{'s' if len(self.unknown) != 1 else ''} of {self.source} "
+                       f"name{'s' if len(self.unknown) == 1 else ''} no image of the gallery ({shown})")
+        for line, reason in self.bad[:20]:
+            out.append(f"{self.source} line {line}: {reason}")
+        if len(self.bad) > 20:
+            out.append(f"{self.source}: {len(self.bad) - 20} more bad rows")
+        return out
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["bad"] = [{"line": line, "reason": reason} for line, reason in self.bad]
+        out["notes"] = self.notes()
+        return out
+
+
+@dataclass
 class IndexReport:
     collection: str
     config: str
@@ -32,6 +65,7 @@ class IndexReport:
     runtime: str = ""  # what ran the model ("OpenVINO bf16", "Keras f32", …)
     limit: str | None = None  # the whole-upload cap that was hit, if any
     timings: dict[str, float] = field(default_factory=dict)  # seconds each stage worked (decode, embed, write)
+    metadata: list[MetadataImport] = field(default_factory=list)  # captions and tags read on the way (metadata.csv)
 
     @property
     def images_per_second(self) -> float:
@@ -51,6 +85,7 @@ class IndexReport:
         self.runtime = self.runtime or other.runtime
         self.timings = {k: self.timings.get(k, 0.0) + other.timings.get(k, 0.0) for k in {*self.timings, *other.timings}}
         self.limit = self.limit or other.limit
+        self.metadata += other.metadata
         return self
 
     def to_json(self) -> dict:
@@ -58,6 +93,7 @@ class IndexReport:
         out["duplicates"] = [{"name": n, "duplicate_of": d} for n, d in self.duplicates]
         out["skipped"] = [{"name": s.name, "reason": s.reason} for s in self.skipped]
         out["images_per_second"] = self.images_per_second
+        out["metadata"] = [m.to_json() for m in self.metadata]
         return out
 
 
@@ -100,10 +136,14 @@ class SearchResult:
     config: str
     search: dict
     runtime: str = ""  # what ran the model ("OpenVINO bf16", "Keras f32", …)
+    text: dict | None = None  # a text query's words, mode, weight and matches (search by captions and tags)
 
     def to_json(self) -> dict:
-        return {"results": [asdict(h) for h in self.hits], "timings": self.timings, "device": self.device,
-                "runtime": self.runtime, "config": self.config, "search": self.search}
+        out = {"results": [asdict(h) for h in self.hits], "timings": self.timings, "device": self.device,
+               "runtime": self.runtime, "config": self.config, "search": self.search}
+        if self.text is not None:
+            out["text"] = self.text
+        return out
 
 
 @dataclass

@@ -21,18 +21,22 @@ from ..config import ExtractorConfig, SearchConfig
 from ..evaluation import EvalReport
 from ..extract import default_workers
 from ..files import SourceFile
+from ..metadata import DEFAULT_TEXT_MODE, DEFAULT_TEXT_WEIGHT
 from ..pooling import l2_normalize
 from ..settings import Limits, default_db
-from ..store import CollectionInfo, Gallery, Member, Store
+from ..store import CollectionInfo, Gallery, Member, Metadata, Store
 from .blobs import Blobs
 from .caches import Caches
+from .captions import Captions, read_csv_file
 from .evaluating import Evaluator
 from .galleries import Galleries
 from .indexing import Indexer, Progress
 from .insight import Insight
+from .jobs import Job
 from .models import Models
-from .reports import AdaptReport, Comparison, IndexReport, SearchResult, ServiceError, Session
+from .reports import AdaptReport, Comparison, IndexReport, MetadataImport, SearchResult, ServiceError, Session
 from .searching import Searcher
+from .textsearch import TextSearch
 from .training import Trainer
 
 
@@ -56,9 +60,11 @@ class Studio:
         if self.store.migrated:
             self._searcher.forget_all_indexes()
         self._blobs = Blobs(self.blob_root, self.store.referenced)
+        self._captions = Captions(self.store)
         self._galleries = Galleries(self.store, self._blobs, self._indexer, self._models, limits,
-                                    forget=self._searcher.forget)
+                                    forget=self._searcher.forget, captions=self._captions)
         self._evaluator = Evaluator(self._searcher, self._galleries, self._blobs, batch_size, self.workers)
+        self._text = TextSearch(self._searcher, self._evaluator)
         self._trainer = Trainer(self._models, self._searcher, self._indexer)
         self._insight = Insight(self._models, self._searcher, self.caches)
 
@@ -98,13 +104,23 @@ class Studio:
 
     # -- indexing -------------------------------------------------------------
     def index(self, folder: str | Path, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
-              labels_csv: str | Path | None = None, progress: Progress | None = None) -> IndexReport:
-        """Index a folder recursively; labels from first-level subfolders or a CSV."""
+              labels_csv: str | Path | None = None, progress: Progress | None = None,
+              metadata_csv: str | Path | None = None) -> IndexReport:
+        """Index a folder recursively; labels from first-level subfolders or a CSV.
+
+        Captions and tags come from ``metadata_csv``, else from the folder's
+        own ``metadata.csv`` when it has one (``report.metadata`` says what
+        was applied); that file is never taken for an image.
+        """
         folder = Path(folder)
         if not folder.is_dir():  # before the collection is created: a typo makes no empty gallery
             raise ServiceError(f"not a folder: {folder}")
+        if metadata_csv is not None and not Path(metadata_csv).is_file():
+            raise ServiceError(f"no metadata CSV at {metadata_csv}")
         ref = self._galleries.ref(collection, create=True)
-        return self._indexer.folder(folder, ref, cfg, labels_csv, progress)
+        report = self._indexer.folder(folder, ref, cfg, labels_csv, progress)
+        report.metadata = self._captions.folder(ref, folder, metadata_csv)
+        return report
 
     def add_files(self, sources: Sequence[SourceFile], collection: str = "default",
                   cfg: ExtractorConfig = ExtractorConfig(), progress: Progress | None = None) -> IndexReport:
@@ -144,6 +160,30 @@ class Studio:
         """Rank the collection against an image (path, bytes, PIL image or RGB array)."""
         return self._searcher.search(image, self._galleries.ref(collection), cfg, scfg, device, progress, runtime)
 
+    def search_text(self, text: str, collection: str = "default", k: int = 10) -> SearchResult:
+        """Rank the collection's captions and tags against words (BM25); no model runs.
+
+        The words are OR-ed plain terms (FTS5 syntax in them is just text);
+        members without a caption or tags never appear. ``result.text`` says
+        which words were searched and how many members matched.
+        """
+        return self._text.search_text(self._galleries.ref(collection), text, k)
+
+    def search_combined(self, image, text: str, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
+                        scfg: SearchConfig = SearchConfig(), text_mode: str = DEFAULT_TEXT_MODE,
+                        text_weight: float = DEFAULT_TEXT_WEIGHT, device: str | None = None,
+                        progress: Progress | None = None, runtime: str | None = None) -> SearchResult:
+        """An image query narrowed or blended by words (``metadata.TEXT_MODES``).
+
+        ``filter``: only members whose caption or tags match a word, ranked
+        by the image (scores as ``search`` gives them). ``fuse``: every
+        member by ``(1 - text_weight) * image + text_weight * text``, the
+        image keys min-max scaled over the gallery and BM25 divided by the
+        best match (no match: 0), so both lie in [0, 1].
+        """
+        return self._text.combined(image, self._galleries.ref(collection), cfg, scfg, text, text_mode, text_weight,
+                                   device, progress, runtime)
+
     def compare(self, image, collection: str, a: tuple[ExtractorConfig, SearchConfig],
                 b: tuple[ExtractorConfig, SearchConfig], devices: tuple[str | None, str | None] = (None, None),
                 progress: Progress | None = None,
@@ -165,6 +205,17 @@ class Studio:
         """
         return self._evaluator.evaluate(self._galleries.ref(collection), cfg, scfg, queries, progress)
 
+    def evaluate_metadata(self, collection: str = "default", queries: str | Path | None = None) -> EvalReport:
+        """The "metadata only" row: text retrieval scored like ``evaluate`` scores a backbone.
+
+        Each labelled member with a caption or tags asks with them (BM25 over
+        the others' metadata, leave-one-out); members without text stay in
+        the gallery as answers text cannot find, and are listed in
+        ``report.config["metadata"]["no_text"]``. With ``queries``, held-out
+        queries that carry captions ask instead; without any, ``ServiceError``.
+        """
+        return self._text.evaluate(self._galleries.ref(collection), queries)
+
     # -- insight ----------------------------------------------------------------
     def explain(self, query, result, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
                 scfg: SearchConfig = SearchConfig(), display: int = 384):
@@ -183,6 +234,19 @@ class Studio:
         """Train a model for a labelled collection and register it as a new backbone."""
         return self._trainer.adapt(self._galleries.ref(collection), acfg, base, scfg, on_epoch, cancel, name, on_batch)
 
+    def adapt_job(self, collection: str, acfg: AdaptConfig = AdaptConfig(),
+                  base: ExtractorConfig = ExtractorConfig()) -> Job:
+        """``adapt`` as a ``Job`` (not started): one record per epoch in ``job.history``, the batch in
+        ``job.snapshot()``, ``job.cancel()`` between batches. What the app's Adapt tab runs."""
+        def work(job: Job) -> AdaptReport:
+            def on_batch(epoch: int, batch: int, steps: int) -> None:
+                job.note(batch, steps, f"epoch {epoch} of at most {acfg.epochs}, batch {batch}/{steps}")
+
+            return self.adapt(collection, acfg, base, on_epoch=lambda e, _n, logs: job.history.append(
+                {"epoch": e, **logs}), cancel=job.cancel_event, on_batch=on_batch)
+
+        return Job(work, name="training")
+
     def adapted_models(self) -> list[dict]:
         return self._models.trained()
 
@@ -196,6 +260,42 @@ class Studio:
     def resolve_member(self, collection: str, key: str) -> Member | None:
         """A member of the collection by name, stored path or sha256."""
         return next((m for m in self.members(collection) if key in (m.name, m.path, m.sha256)), None)
+
+    # -- captions and tags ---------------------------------------------------------------
+    def import_metadata(self, csv_path: str | Path, collection: str = "default") -> MetadataImport:
+        """Captions and tags from a ``name,caption,tags`` CSV (see ``retrieval.metadata``).
+
+        Rows name members as ``--labels`` does; a bad row or one naming no
+        member is counted in the report; an unreadable file raises
+        ``ServiceError`` and changes nothing.
+        """
+        ref = self._galleries.ref(collection)
+        return self._captions.import_csv(ref, read_csv_file(csv_path), str(csv_path))
+
+    def set_metadata(self, collection: str, key: str, caption: str | None = None,
+                     tags: str | Sequence[str] | None = None) -> Metadata | None:
+        """One member's caption and/or tags (``key``: name, path or sha256); None keeps, "" clears.
+
+        Tags are a list, or one string separated by ``;`` (or by ``,`` when
+        it holds no ``;``). Returns what the member now has (None: nothing).
+        """
+        ref = self._galleries.ref(collection)
+        member = self.resolve_member(collection, key)
+        if member is None:
+            raise ServiceError(f"no image {key!r} in the gallery {collection!r}")
+        self._captions.set(ref, member.image_id, self._captions.read(ref).get(member.sha256), caption, tags)
+        return self._captions.read(ref).get(member.sha256)
+
+    def metadata(self, collection: str, key: str | None = None) -> dict[str, Metadata] | Metadata | None:
+        """Captions and tags: every described member (sha256 -> ``Metadata``), or one member's (or None)."""
+        ref = self._galleries.ref(collection)
+        described = self._captions.read(ref)
+        if key is None:
+            return described
+        member = self.resolve_member(collection, key)
+        if member is None:
+            raise ServiceError(f"no image {key!r} in the gallery {collection!r}")
+        return described.get(member.sha256)
 
     def collections(self) -> list[CollectionInfo]:
         return self.store.collections()

@@ -1,0 +1,134 @@
+"""The whole page: a header with the start-up status, five tabs, and the wiring between tabs.
+
+Each tab is a module that lays out its components and wires its own events;
+this module creates what they share (the session State, the backbone list,
+the job registry) and connects what crosses tabs: a gallery click sets the
+query in Search and Compare, training adds a backbone to every menu, and any
+action that moved a tab to a new gallery (its old one expired) relists the
+Gallery tab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+from retrieval.config import DEFAULT_BACKBONE
+from retrieval.service.jobs import Jobs
+
+from .backend import DEMO_DIR, Backend
+from .sessions import Sessions
+from .widgets import PRIVATE
+
+EXAMPLES = ("cat/chelsea_crop.jpg", "coffee/coffee_flipped.jpg", "rocket/rocket_faded.jpg", "texture/gravel_crop.jpg",
+            "fashion-sneaker/fmnist-test-0009.png")
+CSS = """
+#results-gallery, #compare-a, #compare-b {min-height: 320px}
+.timing {font-size: 0.9em; opacity: 0.85}
+"""
+# Browsers know each file's path inside an uploaded folder (webkitRelativePath)
+# but Gradio keeps only the base name, which would lose the labels that
+# subfolders carry. This listener records the paths as the files are chosen;
+# the folder-upload event sends them along (ui.gallery.FOLDER_JS).
+PAGE_JS = """() => {
+  document.addEventListener('change', (event) => {
+    const input = event.target;
+    if (input && input.matches && input.matches('#gallery-folder input[type=file]') && input.files) {
+      window.__retrievalFolder = Array.from(input.files).map(f => [f.webkitRelativePath || f.name, f.name, f.size]);
+    }
+  }, true);
+}"""
+
+
+@dataclass
+class Page:
+    """What the tabs share. Created inside the Blocks context (it holds the page's States)."""
+
+    backend: Backend
+    sessions: Sessions
+    model_choices: list[str]
+    fusion_costs: str
+    examples: list[str]
+    session: gr.State  # this tab's private gallery, or None for the shared demo (Studio.session decides)
+    listed: gr.State  # the gallery the Gallery tab lists (same values as ``session``)
+    jobs: Jobs = field(default_factory=Jobs)
+    device_radios: list = field(default_factory=list)
+    _relisting: list = field(default_factory=list)
+
+    @property
+    def studio(self):
+        return self.backend.studio
+
+    def relisting(self, event):
+        """Mark an event that may move the tab to a new gallery: the Gallery tab relists after it."""
+        self._relisting.append(event)
+        return event
+
+
+def build(backend: Backend) -> gr.Blocks:
+    from . import adapt, compare, evaluate, gallery, search
+
+    models = backend.studio.models()
+    ready = [m["name"] for m in models if m["ready"]]
+    not_ready = "\n".join(f"- `{m['name']}`: {m['status']}" for m in models if not m["ready"])
+    fusion_costs = "".join(f" · {m['name']}: ≈ {m['cost']:.1f}× lite1 per image" for m in models
+                           if m["ready"] and m.get("cost"))
+    model_choices = ready or [DEFAULT_BACKBONE]
+    examples = [str(DEMO_DIR / p) for p in EXAMPLES if (DEMO_DIR / p).exists()]
+
+    with gr.Blocks(title="Image retrieval studio", delete_cache=(3600, 6 * 3600)) as ui:
+        page = Page(backend, Sessions(backend.studio, model_choices), model_choices, fusion_costs, examples,
+                    session=gr.State(None), listed=gr.State(None))
+        gr.Markdown("# Image retrieval studio\nQuery a gallery with an image and see which images a CNN finds most "
+                    "alike — under different backbones, poolings, metrics and re-rankings — with the numbers.")
+        with gr.Row():
+            status = gr.Markdown(backend.status(), elem_id="status")
+            stop = gr.Button("Stop indexing", size="sm", scale=0, elem_id="stop-indexing",
+                             visible=not backend.ready.is_set())
+            resume = gr.Button("Resume indexing", size="sm", scale=0, elem_id="resume-indexing", visible=False)
+        timer = gr.Timer(1.0)
+
+        with gr.Tabs():
+            with gr.Tab("Search", id="search"):
+                search_tab = search.SearchTab(page)
+                if not_ready:
+                    with gr.Accordion("Backbones not ready on this machine", open=False):
+                        gr.Markdown(not_ready)
+            with gr.Tab("Compare", id="compare"):
+                compare_tab = compare.CompareTab(page)
+            with gr.Tab("Gallery", id="gallery"):
+                gallery_tab = gallery.GalleryTab(page, queries=[search_tab.query, compare_tab.query],
+                                                 use_as_query=search_tab.query)
+            with gr.Tab("Evaluate", id="evaluate"):
+                evaluate_tab = evaluate.EvaluateTab(page)
+            with gr.Tab("Adapt", id="adapt"):
+                adapt.AdaptTab(page, menus=[search_tab.backbone, compare_tab.a_backbone,
+                                                        compare_tab.b_backbone, evaluate_tab.backbones],
+                                           shows_new=compare_tab.b_backbone)
+
+        # -- start-up: status, stop and resume of the demo's first indexing ----------------------
+        def tick():
+            running = not backend.ready.is_set()
+            return (backend.status(), gr.Timer(active=running), gr.Button(visible=running),
+                    gr.Button(visible=backend.stopped and not running))
+
+        start_up = [status, timer, stop, resume]
+        timer.tick(tick, None, start_up, **PRIVATE)
+        stop.click(lambda: backend.stop_indexing() and None, None, None, queue=False, **PRIVATE).then(
+            tick, None, start_up, **PRIVATE)
+        resume.click(lambda: backend.resume_indexing() and None, None, None, queue=False, **PRIVATE).then(
+            tick, None, start_up, **PRIVATE)
+
+        def devices():
+            backend.ready.wait(timeout=600)
+            if "gpu" not in backend.devices():
+                return (gr.skip(),) * len(page.device_radios)
+            return tuple(gr.Radio(choices=backend.devices()) for _ in page.device_radios)
+
+        ui.load(devices, None, page.device_radios, **PRIVATE)
+
+        # -- across tabs -------------------------------------------------------------------------
+        for event in page._relisting:
+            event.then(gallery_tab.relist, [page.session, page.listed], gallery_tab.listing, **PRIVATE)
+    return ui
