@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> AppSettings:
 
     return AppSettings(a.host, a.port, a.share, data_dir(), a.max_files, a.max_upload_mb, a.max_pixels, a.session_ttl,
                        a.cleanup_every, a.runtime, queue_size=a.queue_size,
-                       where=_where(where, data_dir()))
+                       where=_where(where, data_dir()),
+                       private_host=not (where.is_space or a.share) and a.host in ("127.0.0.1", "localhost", "::1"))
 
 
 def _where(where, folder) -> str:

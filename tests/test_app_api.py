@@ -82,3 +82,29 @@ def test_evaluate_returns_figures(client):
     assert cnn["mAP"] > pixels["mAP"]
     assert sorted(Path(f).suffix for f in files) == [".csv", ".json"]
     assert "70 labelled queries" in note
+
+
+def test_heavy_jobs_run_one_at_a_time_and_searches_never_wait_behind_them(app_url):
+    """On a small shared box evaluation and training share one slot (for every user); searches have their own."""
+    import time
+
+    from gradio_client.utils import Status
+
+    first, second, searcher = (Client(app_url, verbose=False) for _ in range(3))
+    slow = first.submit(["fusion-lite"], api_name="/evaluate")  # three networks per image, nothing cached yet
+    deadline = time.monotonic() + 120
+    while slow.status().code not in (Status.PROCESSING, Status.ITERATING):
+        assert time.monotonic() < deadline and not slow.done(), slow.status()
+        time.sleep(0.2)
+    quick = second.submit(["colorhist"], api_name="/evaluate")  # another user's evaluation: it waits its turn
+    waited = False
+    found, _ = searcher.predict(handle_file(str(DEMO / "coffee" / "coffee.jpg")), k=3, api_name="/search")
+    assert not slow.done(), "the search should have been answered while the evaluation still ran"
+    assert "coffee" in found[0]["caption"]
+    while not slow.done():
+        waited = waited or quick.status().code == Status.IN_QUEUE
+        assert not quick.done(), "a second evaluation ran beside the first"
+        time.sleep(0.2)
+    assert waited
+    table, *_ = quick.result(timeout=120)
+    assert table["data"][0][0].startswith("colorhist")

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from retrieval.service.jobs import Cancelled, Job, Jobs
+from retrieval.service.reports import ServiceError
 
 
 def stepping(steps: int, gate: threading.Event, reached: threading.Event):
@@ -74,7 +75,7 @@ def test_one_running_job_per_owner_and_kind_and_cancel_reaches_only_ones_own():
     gates = {owner: (threading.Event(), threading.Event()) for owner in ("tab-a", "tab-b")}
     running = {owner: jobs.start(owner, "training", Job(stepping(3, *gates[owner]))) for owner in gates}
     assert all(reached.wait(10) for _, reached in gates.values())
-    with pytest.raises(RuntimeError, match="already running"):
+    with pytest.raises(ServiceError, match="already running"):
         jobs.start("tab-a", "training", Job(stepping(1, threading.Event(), threading.Event())))
     other_kind = jobs.start("tab-a", "evaluation", Job(lambda job: "ok"))  # another kind may run beside it
     assert other_kind.wait(10) and other_kind.result == "ok"
@@ -103,3 +104,14 @@ def test_finish_forgets_only_the_job_it_is_given():
     assert jobs.cancel("tab", "evaluation")  # the new job is still reachable
     gate.set()
     assert new.wait(10) and new.cancelled
+
+
+def test_a_job_whose_watcher_goes_away_is_cancelled():
+    """A closed page's handler finishes its job while it still runs: it stops instead of saving a result."""
+    jobs = Jobs()
+    gate, reached = threading.Event(), threading.Event()
+    job = jobs.start("tab", "training", Job(stepping(3, gate, reached)))
+    assert reached.wait(10)
+    jobs.finish("tab", "training", job)  # the generator's ``finally`` on disconnect
+    gate.set()
+    assert job.wait(10) and job.cancelled

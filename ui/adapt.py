@@ -43,10 +43,11 @@ class AdaptTab:
                             elem_id="adapt-curve", height=280)
         table = gr.Dataframe(label="Held-out figures, before and after", elem_id="adapt-table", interactive=False)
 
-        trained = page.relisting(button.click(self.train, [method, epochs, base, page.session],
-                                              [status, curve, table, page.session], api_name="adapt",
-                                              concurrency_limit=1, concurrency_id=HEAVY))
-        trained.success(self.after_training, [page.session], menus, **PRIVATE)
+        # The menus are outputs of the training itself, not of a follow-up: an API caller's session must
+        # accept the new model as a backbone too, and only a browser runs follow-ups.
+        page.relisting(button.click(self.train, [method, epochs, base, page.session],
+                                    [status, curve, table, *menus, page.session], api_name="adapt",
+                                    concurrency_limit=1, concurrency_id=HEAVY))
         cancel.click(self.cancel, None, status, queue=False, **PRIVATE)
         gr.context.Context.root_block.load(self.menus_for, [page.session], menus, **PRIVATE)
 
@@ -58,19 +59,20 @@ class AdaptTab:
         s = page.sessions.open(session, request, writable=True)  # a model is private to its session, like uploads
         job = page.studio.adapt_job(s.collection, AdaptConfig(method=method, epochs=int(epochs)),
                                     ExtractorConfig(backbone=base_backbone))
-        page.jobs.start(owner_of(request), "training", job)
+        owner = owner_of(request)
+        page.jobs.start(owner, "training", job)
         try:
             while not job.wait(1.0):
                 snap = job.snapshot()
                 where = snap.message if snap.total else "preparing (reading vectors or decoding images)…"
                 yield (with_note(s, f"**Training `{method}`** on your gallery: {where} · {elapsed(snap.seconds)}"),
-                       curve(job.history), gr.skip(), kept(s))
-        finally:
-            page.jobs.finish(owner_of(request), "training", job)
+                       curve(job.history), gr.skip(), *self.unchanged(), kept(s))
+        finally:  # also when the page went away: the job is cancelled with it
+            page.jobs.finish(owner, "training", job)
         if job.error is not None:
             message = ("Cancelled: nothing was saved." if job.cancelled
                        else f"Training failed: {first_line(job.error)}")
-            yield with_note(s, message), curve(job.history), gr.skip(), kept(s)
+            yield with_note(s, message), curve(job.history), gr.skip(), *self.unchanged(), kept(s)
             return
         r = job.result
         figures = pd.DataFrame([
@@ -81,7 +83,7 @@ class AdaptTab:
         note = (f"**{r.name}** trained in {r.seconds:.1f} s on {r.train_images} images ({r.validation_images} for "
                 f"early stopping); figures on **{r.test_queries} held-out images** never seen in training, "
                 f"leave-one-out, same queries before and after. It is now a backbone: pick it anywhere.")
-        yield with_note(s, note), curve(job.history), figures, kept(s)
+        yield with_note(s, note), curve(job.history), figures, *self.with_new(s, r.name), kept(s)
 
     def cancel(self, request: gr.Request = None):
         if self.page.jobs.cancel(owner_of(request), "training"):
@@ -96,18 +98,20 @@ class AdaptTab:
         return (*(gr.Dropdown(choices=choices) for _ in self.menus[:-1]), gr.CheckboxGroup(choices=choices))
 
 
-    def after_training(self, session=None, request: gr.Request = None):
+    def unchanged(self) -> tuple:
+        return (gr.skip(),) * len(self.menus)
+
+    def with_new(self, s, trained: str) -> tuple:
         """The new model joins every menu, and is picked in ``shows_new`` so it can be compared at once."""
-        s = self.page.sessions.open(session, request)
         choices = self.page.sessions.models(s.collection)
-        own = [m["name"] for m in self.page.studio.adapted_models() if m["collection"] == s.collection]
+        new = {"value": trained} if trained in choices else {}
+
         def update(menu):
             if isinstance(menu, gr.CheckboxGroup):
                 return gr.CheckboxGroup(choices=choices)
-            return gr.Dropdown(choices=choices, **({"value": own[-1]} if own and menu is self.shows_new else {}))
+            return gr.Dropdown(choices=choices, **(new if menu is self.shows_new else {}))
 
         return tuple(update(menu) for menu in self.menus)
-
 
 def curve(history: list[dict]) -> pd.DataFrame:
     rows = [{"epoch": h["epoch"], "loss": h.get(k, 0.0), "series": name} for h in history

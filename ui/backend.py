@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from retrieval import ServiceError
 from retrieval.adapt import Cancelled
 
 from .sessions import DEMO, SESSION_PREFIX
@@ -39,6 +40,7 @@ class Backend:
         self.error: str | None = None
         self.stopped = False  # the user stopped the demo's first indexing; what was done is kept
         self.gpus: list[str] | None = None  # None until TensorFlow has looked
+        self.detected = threading.Event()  # set once ``gpus`` is known
         self.device_note = "detecting device…"
         self.runtime_note = ""
         self._stop = threading.Event()
@@ -59,7 +61,10 @@ class Backend:
         try:
             from retrieval.device import gpu_names
 
-            self.gpus = gpu_names()
+            try:
+                self.gpus = gpu_names()
+            finally:
+                self.detected.set()
             self.device_note = (f"GPU available: {self.gpus[0]}." if self.gpus else
                                 "No GPU visible to TensorFlow here: everything runs on the CPU.")
 
@@ -77,15 +82,25 @@ class Backend:
             self.runtime_note = f"Inference: **{result.runtime}** ({note})."
         except Cancelled:
             self.stopped = True
+            self._describe_demo()
         except Exception as exc:  # shown in the page instead of a dead app
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
             self.ready.set()
 
+    def _describe_demo(self) -> None:
+        """Captions and tags for the demo images indexed so far (a full index applies them on its own)."""
+        sidecar = DEMO_DIR / "metadata.csv"
+        if sidecar.exists():
+            try:
+                self.studio.import_metadata(sidecar, DEMO)
+            except Exception:
+                pass  # text search then finds nothing in the partial demo; image search is unaffected
+
     def stop_indexing(self) -> bool:
         """Stop the demo's first indexing after the current batch; False if it is not running."""
         with self._lock:
-            if self.ready.is_set():
+            if self.ready.is_set() or not self.settings.private_host:  # a shared demo is stopped by nobody
                 return False
             self._stop.set()
             return True
@@ -113,10 +128,19 @@ class Backend:
     def wait(self) -> None:
         self.ready.wait(timeout=600)
         if self.error:
-            raise RuntimeError(f"the demo gallery could not be prepared: {self.error}")
+            raise ServiceError(f"the demo gallery could not be prepared: {self.error}")
 
     def devices(self) -> list[str]:
-        """Device choices for the menus: "gpu" only where TensorFlow sees one."""
+        """Device choices for the menus: "gpu" only where TensorFlow sees one.
+
+        Without an NVIDIA (or WSL) device node TensorFlow cannot see a GPU,
+        which answers at once on most machines; otherwise this waits for the
+        start-up thread to ask TensorFlow (seconds), so an API call with
+        ``device="gpu"`` is accepted wherever one works.
+        """
+        if self.gpus is None and not any(Path("/dev").glob("nvidia[0-9]*")) and not Path("/dev/dxg").exists():
+            return ["auto", "cpu"]
+        self.detected.wait(timeout=120)
         return ["auto", "cpu", "gpu"] if self.gpus else ["auto", "cpu"]
 
     def status(self) -> str:

@@ -10,7 +10,7 @@ from retrieval.runtime import RUNTIMES
 from .formatting import agreement_line, captions, picked_note, picks, timing_line
 from .search import explain_pick
 from .sessions import kept, with_note
-from .widgets import PRIVATE, device_radio, friendly, settings_block
+from .widgets import MODEL, PRIVATE, device_radio, friendly, settings_block
 
 
 class CompareTab:
@@ -65,8 +65,8 @@ class CompareTab:
             page.relisting(event).then(lambda: (gr.Row(visible=False), gr.Column(visible=False), None), None, hide,
                                        **PRIVATE)
 
-        followed(button.click(self.compare, inputs, outputs, api_name="compare"))
-        followed(examples.load_input_event.success(self.compare, inputs, outputs, **PRIVATE))
+        followed(button.click(self.compare, inputs, outputs, api_name="compare", **MODEL))
+        followed(examples.load_input_event.success(self.compare, inputs, outputs, **PRIVATE, **MODEL))
         for side, hits in (("a", a_hits), ("b", b_hits)):
             results = sides[side][3]
             results.select(self.picker(side), [hits], [self.picked, picked_line, self.actions], **PRIVATE)
@@ -78,9 +78,10 @@ class CompareTab:
 
         page.relisting(why_button.click(why, [self.query, self.picked, a_menus[0], a_menus[1], b_menus[0], b_menus[1],
                                               page.session],
-                                        [why_panel, why_query, why_result, why_note, page.session], **PRIVATE))
-        again = again_button.click(self.compare_with, [self.picked, page.session], [self.query], **PRIVATE)
-        followed(again.success(self.compare, inputs, outputs, **PRIVATE))
+                                        [why_panel, why_query, why_result, why_note, page.session], **PRIVATE,
+                                        **MODEL))
+        followed(again_button.click(self.compare_with, [self.picked, *inputs[1:]], [self.query, *outputs],
+                                    **PRIVATE, **MODEL))
 
     @staticmethod
     def picker(side: str):
@@ -93,12 +94,15 @@ class CompareTab:
         return pick
 
     @friendly
-    def compare_with(self, picked, session=None, request: gr.Request = None):
+    def compare_with(self, picked, *settings, request: gr.Request = None):
+        """The clicked result becomes the query of both sides, compared again with their settings."""
+        session = settings[-1]
         s = self.page.sessions.open(session, request)
         member = self.page.sessions.member(s, picked and picked[1]["path"])
-        if member is None:
-            raise gr.Error("That result is no longer in your gallery: compare again.")
-        return member.path
+        if member is None:  # removed meanwhile, or the tab's gallery expired: say so, compare nothing
+            note = with_note(s, "That result is no longer in your gallery: compare again.")
+            return (gr.skip(),) * 5 + (note, kept(s), gr.skip(), gr.skip())
+        return (member.path, *self.compare(member.path, *settings[:-1], kept(s), request=request))
 
     @friendly
     def compare(self, query, a_backbone, a_pooling, a_metric, a_rerank, b_backbone, b_pooling, b_metric, b_rerank,

@@ -70,9 +70,7 @@ class EvaluateTab:
             [table, curve, classes, exports, note, page.session], api_name="evaluate",
             concurrency_limit=1, concurrency_id=HEAVY))
         cancel.click(self.cancel, None, note, queue=False, **PRIVATE)
-        root = gr.context.Context.root_block
-        root.load(self.hint, [page.session], [hint], **PRIVATE)
-        root.load(self.sources, [page.session], [queries], **PRIVATE)
+        gr.context.Context.root_block.load(self.on_load, [page.session], [hint, queries], **PRIVATE)
 
     @friendly_stream
     def evaluate(self, backbones, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK, whiten=DEFAULT_WHITEN,
@@ -113,14 +111,15 @@ class EvaluateTab:
                     unavailable = first_line(exc)
             return reports, described, unavailable
 
-        job = page.jobs.start(owner_of(request), "evaluation", Job(work, name="evaluation"))
+        owner = owner_of(request)
+        job = page.jobs.start(owner, "evaluation", Job(work, name="evaluation"))
         try:
             while not job.wait(0.5):
                 snap = job.snapshot()
                 progress((snap.done, max(snap.total, 1)), desc=snap.message)
                 yield (*(gr.skip(),) * 4, f"**Evaluating…** {snap.message} · {elapsed(snap.seconds)}", kept(s))
-        finally:
-            page.jobs.finish(owner_of(request), "evaluation", job)
+        finally:  # also when the page went away: the job is cancelled with it
+            page.jobs.finish(owner, "evaluation", job)
         if job.cancelled:
             yield (*(gr.skip(),) * 4, with_note(s, "Evaluation cancelled."), kept(s))
             return
@@ -157,21 +156,20 @@ class EvaluateTab:
             return "Cancelling after the current step…"
         return "Nothing is being evaluated."
 
-    def hint(self, session=None, request: gr.Request = None):
-        self.page.backend.wait()
-        members = self.page.studio.members(self.page.sessions.open(session, request).collection)
-        if not any(m.label for m in members):
-            return ("This gallery has no labels, so there is nothing to score against. Add images in **one folder "
-                    "per label** (a folder upload or a zip with subfolders), or index with a `filename,label` CSV "
-                    "(`python -m retrieval index FOLDER --labels labels.csv`).")
-        labels = {m.label for m in members if m.label}
-        return (f"{sum(1 for m in members if m.label)} labelled images in {len(labels)} classes: every one queries "
-                "the rest (leave-one-out), unless you choose held-out queries below, which never belong to the "
-                "gallery.")
-
-    def sources(self, session=None, request: gr.Request = None):
+    def on_load(self, session=None, request: gr.Request = None):
+        """What the tab says about the gallery's labels, and which galleries may lend held-out queries."""
         self.page.backend.wait()
         collection = self.page.sessions.open(session, request).collection
-        return gr.Dropdown(choices=self.page.sessions.query_galleries(collection))
+        return hint(self.page.studio.members(collection)), gr.Dropdown(
+            choices=self.page.sessions.query_galleries(collection))
 
 
+def hint(members) -> str:
+    if not any(m.label for m in members):
+        return ("This gallery has no labels, so there is nothing to score against. Add images in **one folder "
+                "per label** (a folder upload or a zip with subfolders), or index with a `filename,label` CSV "
+                "(`python -m retrieval index FOLDER --labels labels.csv`).")
+    labels = {m.label for m in members if m.label}
+    return (f"{sum(1 for m in members if m.label)} labelled images in {len(labels)} classes: every one queries "
+            "the rest (leave-one-out), unless you choose held-out queries below, which never belong to the "
+            "gallery.")

@@ -61,7 +61,7 @@ class GalleryTab:
         browse.select(self.select, [page.session], [self.selected, *queries, selected_note, *self.listing],
                       **PRIVATE).then(self.described, [self.selected, page.session], [caption, tags], **PRIVATE)
         page.relisting(save.click(self.save_metadata, [self.selected, caption, tags, page.session],
-                                  [meta_note, page.session], api_name="set_metadata"))
+                                  [meta_note, page.session], **PRIVATE))  # the selection is page state
         page.relisting(meta_import.click(self.import_metadata, [meta_csv, page.session], [meta_note, page.session],
                                          api_name="import_metadata"))
         use_button.click(lambda p: p, self.selected, use_as_query, **PRIVATE)
@@ -108,6 +108,7 @@ class GalleryTab:
         report = page.studio.upload(uploads, s.collection, progress=report_progress, create=False)  # never resurrect
         return (with_note(s, upload_summary(report)), *self._listing(s), kept(s), kept(s))
 
+    @friendly
     def described(self, selected, session=None, request: gr.Request = None):
         """The selected image's caption and tags, ready to edit."""
         s = self.page.sessions.open(session, request)
@@ -119,9 +120,12 @@ class GalleryTab:
     def save_metadata(self, selected, caption="", tags="", session=None, request: gr.Request = None):
         """Write one image's caption and tags (the demo is shared: the first edit makes the tab's own copy)."""
         page = self.page
-        member = page.sessions.member(page.sessions.open(session, request), selected)
-        if member is None:
+        if not selected:
             raise gr.Error("Click an image in the gallery first.")
+        s = page.sessions.open(session, request)
+        member = page.sessions.member(s, selected)
+        if member is None:  # removed meanwhile, or the tab's gallery expired: say so (the listing follows)
+            return with_note(s, "That image is no longer in your gallery: select one again."), kept(s)
         s = page.sessions.open(session, request, writable=True)
         found = page.studio.set_metadata(s.collection, member.sha256, caption=caption or "", tags=tags or "")
         if found is None and (caption or tags):

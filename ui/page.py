@@ -53,7 +53,6 @@ class Page:
     session: gr.State  # this tab's private gallery, or None for the shared demo (Studio.session decides)
     listed: gr.State  # the gallery the Gallery tab lists (same values as ``session``)
     jobs: Jobs = field(default_factory=Jobs)
-    device_radios: list = field(default_factory=list)
     _relisting: list = field(default_factory=list)
 
     @property
@@ -84,8 +83,9 @@ def build(backend: Backend) -> gr.Blocks:
                     "alike — under different backbones, poolings, metrics and re-rankings — with the numbers.")
         with gr.Row():
             status = gr.Markdown(backend.status(), elem_id="status")
+            controls = backend.settings.private_host  # on a shared server nobody stops the shared demo
             stop = gr.Button("Stop indexing", size="sm", scale=0, elem_id="stop-indexing",
-                             visible=not backend.ready.is_set())
+                             visible=controls and not backend.ready.is_set())
             resume = gr.Button("Resume indexing", size="sm", scale=0, elem_id="resume-indexing", visible=False)
         timer = gr.Timer(1.0)
 
@@ -110,23 +110,15 @@ def build(backend: Backend) -> gr.Blocks:
         # -- start-up: status, stop and resume of the demo's first indexing ----------------------
         def tick():
             running = not backend.ready.is_set()
-            return (backend.status(), gr.Timer(active=running), gr.Button(visible=running),
-                    gr.Button(visible=backend.stopped and not running))
+            return (backend.status(), gr.Timer(active=running or backend.stopped),  # another page may resume
+                    gr.Button(visible=controls and running), gr.Button(visible=controls and backend.stopped))
 
         start_up = [status, timer, stop, resume]
-        timer.tick(tick, None, start_up, **PRIVATE)
+        timer.tick(tick, None, start_up, queue=False, **PRIVATE)  # a full queue never hides the status
         stop.click(lambda: backend.stop_indexing() and None, None, None, queue=False, **PRIVATE).then(
             tick, None, start_up, **PRIVATE)
         resume.click(lambda: backend.resume_indexing() and None, None, None, queue=False, **PRIVATE).then(
             tick, None, start_up, **PRIVATE)
-
-        def devices():
-            backend.ready.wait(timeout=600)
-            if "gpu" not in backend.devices():
-                return (gr.skip(),) * len(page.device_radios)
-            return tuple(gr.Radio(choices=backend.devices()) for _ in page.device_radios)
-
-        ui.load(devices, None, page.device_radios, **PRIVATE)
 
         # -- across tabs -------------------------------------------------------------------------
         for event in page._relisting:

@@ -13,7 +13,7 @@ from retrieval.runtime import RUNTIMES
 
 from .formatting import captions, picked_note, picks, timing_line
 from .sessions import kept, with_note
-from .widgets import PRIVATE, USER_ERRORS, device_radio, first_line, friendly, settings_block
+from .widgets import MODEL, PRIVATE, USER_ERRORS, device_radio, first_line, friendly, settings_block
 
 
 class SearchTab:
@@ -76,20 +76,19 @@ class SearchTab:
             event.then(lambda: (gr.Row(visible=False), gr.Column(visible=False), None), None, closed, **PRIVATE)
             page.relisting(event.success(self.embedding_map,
                                          [self.query, self.backbone, self.pooling, self.whiten, self.k, page.session],
-                                         [self.map, page.session], **PRIVATE))
+                                         [self.map, page.session], **PRIVATE, **MODEL))
+            return page.relisting(event)
 
-        followed(page.relisting(button.click(self.search, inputs, outputs, api_name="search")))
-        followed(page.relisting(self.text.submit(self.search, inputs, outputs, **PRIVATE)))
-        followed(page.relisting(examples.load_input_event.success(self.search, inputs, outputs, **PRIVATE)))
+        followed(button.click(self.search, inputs, outputs, api_name="search", **MODEL))
+        followed(self.text.submit(self.search, inputs, outputs, **PRIVATE, **MODEL))
+        followed(examples.load_input_event.success(self.search, inputs, outputs, **PRIVATE, **MODEL))
         self.results.select(self.pick, [self.hits], [self.picked, self.picked_note, self.actions], **PRIVATE)
         page.relisting(why_button.click(
             self.why_match, [self.query, self.picked, self.backbone, self.pooling, self.whiten, page.session],
-            [self.why_panel, self.why_query, self.why_result, self.why_note, page.session], **PRIVATE))
-        again = again_button.click(self.search_with, [self.picked, page.session], [self.query], **PRIVATE)
-        followed(page.relisting(again.success(self.search, inputs, outputs, **PRIVATE)))
-        opening = page.relisting(page_load(self.opening, [page.session], [self.query, *outputs]))
-        opening.success(self.embedding_map, [self.query, self.backbone, self.pooling, self.whiten, self.k,
-                                             page.session], [self.map, page.session], **PRIVATE)
+            [self.why_panel, self.why_query, self.why_result, self.why_note, page.session], **PRIVATE, **MODEL))
+        followed(again_button.click(self.search_with, [self.picked, *inputs[1:]], [self.query, *outputs],
+                                    **PRIVATE, **MODEL))
+        followed(page_load(self.opening, [page.session], [self.query, *outputs]))
 
     @friendly
     def search(self, query, backbone=DEFAULT_BACKBONE, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK,
@@ -129,13 +128,15 @@ class SearchTab:
         return hit, picked_note(hit), gr.Row(visible=True)
 
     @friendly
-    def search_with(self, picked, session=None, request: gr.Request = None):
-        """The clicked result becomes the query (the search itself follows)."""
+    def search_with(self, picked, *settings, request: gr.Request = None):
+        """The clicked result becomes the query, and is searched with the tab's settings."""
+        session = settings[-1]
         s = self.page.sessions.open(session, request)
         member = self.page.sessions.member(s, picked and picked["path"])
-        if member is None:
-            raise gr.Error("That result is no longer in your gallery: search again.")
-        return member.path
+        if member is None:  # removed meanwhile, or the tab's gallery expired: say so, search nothing
+            note = with_note(s, "That result is no longer in your gallery: search again.")
+            return gr.skip(), gr.skip(), note, kept(s), gr.skip()
+        return (member.path, *self.search(member.path, *settings[:-1], kept(s), request=request))
 
     def why_match(self, query, picked, backbone, pooling, whiten, session, request: gr.Request = None):
         """Heatmaps for the clicked result: which regions of both images make them alike."""
@@ -165,7 +166,7 @@ class SearchTab:
 def page_load(fn, inputs, outputs):
     """An event on page load (the Blocks being built is Gradio's current context)."""
     blocks = gr.context.Context.root_block
-    return blocks.load(fn, inputs, outputs, **PRIVATE)
+    return blocks.load(fn, inputs, outputs, **PRIVATE, **MODEL)
 
 
 def explain_pick(page, query, picked, backbone, pooling, whiten, session, request):

@@ -20,3 +20,4 @@ class AppSettings:
     runtime: str = "auto"  # what runs the CNNs by default (the Search tab can override it per query)
     queue_size: int = 64  # requests waiting beyond this are refused with "queue full" instead of waiting forever
     where: str = ""  # one line on where this runs (a Space and its hardware), shown in the status
+    private_host: bool = True  # one user (loopback, no share link, not a Space): may stop the demo's indexing

@@ -14,7 +14,8 @@ from retrieval.device import DeviceError
 from retrieval.pooling import POOLINGS
 from retrieval.rerank import describe as describe_reranks
 
-USER_ERRORS = (ServiceError, BackboneUnavailable, DeviceError, ValueError, Cancelled, RuntimeError)
+USER_ERRORS = (ServiceError, BackboneUnavailable, DeviceError, ValueError, Cancelled)
+MODEL = {"concurrency_id": "model"}  # every event that runs a network shares the default limit (4), not 4 each
 PRIVATE = {"api_visibility": "private"}  # UI-only events: not callable through the API
 
 
@@ -61,7 +62,5 @@ def settings_block(page, prefix: str, backbone=DEFAULT_BACKBONE, pooling="gem", 
 
 
 def device_radio(page, label: str = "Device") -> gr.Radio:
-    """"gpu" is offered only where TensorFlow sees one (the page refreshes the choice once it has looked)."""
-    radio = gr.Radio(page.backend.devices(), value="auto", label=label)
-    page.device_radios.append(radio)
-    return radio
+    """"gpu" is offered only where TensorFlow sees one."""
+    return gr.Radio(page.backend.devices(), value="auto", label=label)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..adapt import Cancelled
+from .reports import ServiceError
 
 __all__ = ["Cancelled", "Job", "Jobs", "Snapshot"]
 
@@ -107,12 +108,12 @@ class Jobs:
         self._jobs: dict[tuple[str, str], Job] = {}
 
     def start(self, owner: str, kind: str, job: Job) -> Job:
-        with self._lock:
+        with self._lock:  # started inside the lock: a second start can never see it registered but not alive
             running = self._jobs.get((owner, kind))
             if running is not None and running.alive():
-                raise RuntimeError(f"a {kind} is already running for this page: wait for it or cancel it")
+                raise ServiceError(f"a {kind} is already running for this page: wait for it or cancel it")
             self._jobs[(owner, kind)] = job
-        return job.start()
+            return job.start()
 
     def cancel(self, owner: str, kind: str) -> bool:
         with self._lock:
@@ -123,6 +124,10 @@ class Jobs:
         return True
 
     def finish(self, owner: str, kind: str, job: Job) -> None:
+        """The watcher is done with ``job``; a job still running (its page went away) is cancelled, so it
+        neither saves a result nobody asked for any more nor runs beside the next one."""
+        if job.alive():
+            job.cancel()
         with self._lock:
             if self._jobs.get((owner, kind)) is job:
                 del self._jobs[(owner, kind)]
