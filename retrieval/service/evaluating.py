@@ -61,6 +61,24 @@ class HeldOut:
     computed: int = 0  # vectors the model produced in this run
     reused: int = 0  # vectors already stored (an earlier run, or a member of any collection)
 
+    def refuses(self, name: str, digest: str, label: str | None, known: set, in_gallery: bool,
+                asked: dict[str, str]) -> bool:
+        """Record why a query cannot ask (a gallery member, no label, a label the gallery lacks, a repeat);
+        False when it may. One set of rules for the CNN rows and the metadata row."""
+        if in_gallery:
+            self.in_gallery.append(name)
+        elif label is None:
+            self.unlabelled.append(name)
+        elif label not in known:
+            self.unknown_label.append(name)
+            if label not in self.unknown_labels:
+                self.unknown_labels.append(label)
+        elif digest in asked:
+            self.duplicates.append((name, asked[digest]))
+        else:
+            return False
+        return True
+
     def notes(self) -> list[str]:
         """One line per reason a query was not scored; the same words in the CLI, the app and JSON."""
         def n(count: int, one: str, many: str) -> str:
@@ -206,17 +224,8 @@ class Evaluator:
         asked: dict[str, str] = {}  # content -> the name it was asked under
         keep = []
         for i, (name, digest, label) in enumerate(zip(queries.names, queries.hashes, queries.labels)):
-            if digest in members or same_descriptor(queries.vectors[i]):
-                held.in_gallery.append(name)
-            elif label is None:
-                held.unlabelled.append(name)
-            elif label not in labels:
-                held.unknown_label.append(name)
-                if label not in held.unknown_labels:
-                    held.unknown_labels.append(label)
-            elif digest in asked:
-                held.duplicates.append((name, asked[digest]))
-            else:
+            member = digest in members or same_descriptor(queries.vectors[i])
+            if not held.refuses(name, digest, label, labels, member, asked):
                 asked[digest] = name
                 keep.append(i)
         return keep

@@ -185,17 +185,9 @@ class TextSearch:
         known = {label for label in labels if label is not None}
         silent, asked, q_labels, q_texts = [], {}, [], []
         for name, digest, label, text in offered:
-            if digest in gallery_hashes:
-                held.in_gallery.append(name)
-            elif label is None:
-                held.unlabelled.append(name)
-            elif label not in known:
-                held.unknown_label.append(name)
-                if label not in held.unknown_labels:
-                    held.unknown_labels.append(label)
-            elif digest in asked:
-                held.duplicates.append((name, asked[digest]))
-            elif not text:
+            if held.refuses(name, digest, label, known, digest in gallery_hashes, asked):
+                continue
+            if not text:
                 silent.append(name)
             else:
                 asked[digest] = name
