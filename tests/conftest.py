@@ -102,14 +102,20 @@ def start_app(data: Path, *extra: str):
         time.sleep(0.5)
 
 
-def stop_app(proc, log) -> None:
+def stop_process(proc, timeout: float = 20) -> None:
+    """Ask a server to stop; kill it if it has not within ``timeout`` seconds."""
     import subprocess
 
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+
+
+def stop_app(proc, log) -> None:
+    stop_process(proc)
     log.close()
 
 

@@ -94,6 +94,15 @@ def _search(page) -> None:
                            arg=before)
 
 
+def _compare(page, query) -> None:
+    """Upload a query in the Compare tab and wait for both sides' answers."""
+    _tab(page, "Compare", "#compare-query")
+    _upload(page, "#compare-query", query)
+    page.locator("#compare-query img").first.wait_for()
+    page.locator("#compare-button").click()
+    page.locator("#compare-agreement:has-text('overlap@8')").wait_for()
+
+
 def _tab(page, name: str, ready: str) -> None:
     """Open a tab and wait until its component is on screen, as a user would."""
     page.get_by_role("tab", name=name).click()
@@ -126,11 +135,7 @@ def test_upload_a_gallery_zip(page, gallery_zip):
 
 
 def test_compare_mode(page):
-    _tab(page, "Compare", "#compare-query")
-    _upload(page, "#compare-query", DEMO / "cat" / "chelsea_faded.jpg")
-    page.locator("#compare-query img").first.wait_for()
-    page.locator("#compare-button").click()
-    page.locator("#compare-agreement:has-text('overlap@8')").wait_for()
+    _compare(page, DEMO / "cat" / "chelsea_faded.jpg")
     assert page.locator("#compare-a img").count() == 8 and page.locator("#compare-b img").count() == 8
     assert "cat" in page.locator("#compare-a").inner_text()
     _shot(page, "compare.png")
@@ -216,11 +221,7 @@ def test_adapt_a_labelled_upload_then_compare_side_by_side(page, fashion_zip):
     assert 0.0 < before < after <= 1.0  # seeded split and training: the rise is reproducible
     _shot(page, "adapt.png")
     # the new model is B in Compare at once
-    _tab(page, "Compare", "#compare-query")
-    _upload(page, "#compare-query", DEMO / "fashion-sneaker" / "fmnist-test-0009.png")
-    page.locator("#compare-query img").first.wait_for()
-    page.locator("#compare-button").click()
-    page.locator("#compare-agreement:has-text('overlap@8')").wait_for()
+    _compare(page, DEMO / "fashion-sneaker" / "fmnist-test-0009.png")
     assert page.locator("#compare-b img").count() == 8
     assert page.get_by_label("B · Backbone").input_value().startswith("head-lite1-")  # B switched to the new model
 
@@ -384,11 +385,7 @@ def test_a_failed_search_runs_no_follow_ups(page):
 
 
 def test_compare_results_offer_why_and_compare_with(page):
-    _tab(page, "Compare", "#compare-query")
-    _upload(page, "#compare-query", DEMO / "rocket" / "rocket_faded.jpg")
-    page.locator("#compare-query img").first.wait_for()
-    page.locator("#compare-button").click()
-    page.locator("#compare-agreement:has-text('overlap@8')").wait_for()
+    _compare(page, DEMO / "rocket" / "rocket_faded.jpg")
     page.locator("#compare-b img").nth(2).click()  # B is colour histograms: nothing to explain, and it says so
     page.locator("#compare-actions").wait_for(state="visible")
     page.keyboard.press("Escape")

@@ -27,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = ROOT / "assets" / "demo" / "cat" / "chelsea.jpg"
@@ -113,12 +114,7 @@ def test_space_cold_start_answers_a_search(space_python, explicit, tmp_path, mon
         first_query_s = time.perf_counter() - started
         client.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=30)
     log = log_path.read_text()
 
     # Real results: the demo photo is its own top hit, every result has its rank and label.
