@@ -2,10 +2,10 @@
 
 Each tab is a module that lays out its components and wires its own events;
 this module creates what they share (the session State, the backbone list,
-the job registry) and connects what crosses tabs: a gallery click sets the
-query in Search and Compare, training adds a backbone to every menu, and any
-action that moved a tab to a new gallery (its old one expired) relists the
-Gallery tab.
+the job registry) and hands each tab the other tabs' components it writes to
+(a gallery click sets the query in Search and Compare; training adds a
+backbone to every menu). Any action that moved a tab to a new gallery (its
+old one expired) relists the Gallery tab.
 """
 
 from __future__ import annotations
@@ -103,9 +103,9 @@ def build(backend: Backend) -> gr.Blocks:
             with gr.Tab("Evaluate", id="evaluate"):
                 evaluate_tab = evaluate.EvaluateTab(page)
             with gr.Tab("Adapt", id="adapt"):
-                adapt.AdaptTab(page, menus=[search_tab.backbone, compare_tab.a_backbone,
-                                                        compare_tab.b_backbone, evaluate_tab.backbones],
-                                           shows_new=compare_tab.b_backbone)
+                adapt.AdaptTab(page, menus=[search_tab.backbone, compare_tab.a_backbone, compare_tab.b_backbone,
+                                            evaluate_tab.backbones],
+                               shows_new=compare_tab.b_backbone)
 
         # -- start-up: status, stop and resume of the demo's first indexing ----------------------
         def tick():
