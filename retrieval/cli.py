@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import cli_scale
 from . import config as C
 from .metadata import DEFAULT_TEXT_MODE, DEFAULT_TEXT_WEIGHT, TEXT_MODES
 from .pooling import POOLINGS
@@ -48,17 +49,20 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default=C.DEFAULT_METRIC, choices=C.METRICS,
                    help=f"distance between vectors that ranks the gallery (default: {C.DEFAULT_METRIC})")
-    p.add_argument("--rerank", default=C.DEFAULT_RERANK, choices=C.RERANKS,
-                   help=f"re-ranking after the first search: {describe_reranks()} (default: {C.DEFAULT_RERANK})")
-    p.add_argument("--whiten", default=C.DEFAULT_WHITEN, choices=C.WHITENINGS,
+    p.add_argument("--rerank", default=None, choices=C.RERANKS,
+                   help=f"re-ranking after the first search: {describe_reranks()} (default: {C.DEFAULT_RERANK}; "
+                        f"qe for a collection served from Milvus)")
+    p.add_argument("--whiten", default=None, choices=C.WHITENINGS,
                    help=f"post-processing learned on the collection, e.g. center (subtract its mean) or pca "
-                        f"(PCA-whitening with shrinkage); default: {C.DEFAULT_WHITEN}")
+                        f"(PCA-whitening with shrinkage); default: {C.DEFAULT_WHITEN} (none for a collection "
+                        f"served from Milvus)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _add_index(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default="auto", choices=C.INDEXES,
-                   help="exact search, the approximate IVF index, or auto (IVF from 50,000 images on)")
+                   help="exact search, the approximate IVF index, milvus (the collection's Milvus, see 'publish'), "
+                        "or auto (Milvus if the collection was published, else IVF from 50,000 images on)")
 
 
 def version() -> str:
@@ -102,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="add folders (recursively), image files or zip archives to a collection")
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="a folder (labels from first-level subfolders), an image, or a zip (labels from its folders)")
+                   help="a folder (labels from first-level subfolders), an image, a zip (labels from its folders), "
+                        "or a manifest.parquet listing files (a 'path' column; optional name, label, sha256)")
     _add_db(p)
     _add_model(p)
     p.add_argument("--batch-size", type=int, default=32, help="images per model call and per transaction (default: 32)")
@@ -112,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--labels (default: the folder's own metadata.csv, if any; a zip's metadata.csv at its root)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli_scale.add_index_options(p)
 
     p = sub.add_parser("search", help="rank a collection against a query image, words (captions and tags), or both")
     p.add_argument("image", nargs="?", help="the query: an image file (leave out to search by --text alone)")
@@ -162,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--tags", help="the new tags, separated by ';' ('' clears them; default: keep)")
     _add_db(m)
 
+    cli_scale.add_publish(sub, _add_db, _add_model)
+
     p = sub.add_parser("remove", help="remove an image by path, name or sha256")
     p.add_argument("target", metavar="PATH_OR_HASH", help="the image's indexed path, its name in the collection, "
                    "or its sha256")
@@ -209,8 +217,14 @@ def _extractor(args) -> C.ExtractorConfig:
     return C.ExtractorConfig(args.model, args.pooling, args.gem_p, args.input_size, args.weights)
 
 
-def _search_config(args, k: int = 10) -> C.SearchConfig:
-    return C.SearchConfig(args.metric, k, args.rerank, args.whiten, getattr(args, "index", "auto"))
+def _search_config(args, k: int = 10, studio=None) -> C.SearchConfig:
+    """The options given; those left out are the defaults, or with ``studio`` the collection's
+    own (a collection served from Milvus ranks without what needs the whole gallery)."""
+    chosen = {"metric": args.metric, "k": k, "rerank": args.rerank, "whiten": args.whiten,
+              "index": getattr(args, "index", "auto")}
+    if studio is not None:
+        return studio.search_defaults(args.collection, **chosen)
+    return C.SearchConfig(**{key: value for key, value in chosen.items() if value is not None})
 
 
 def _print_json(obj) -> None:
@@ -278,8 +292,8 @@ def cmd_index(args) -> int:
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(f"no such file or folder: {path}")
-    folders = [p for p in paths if p.is_dir()]
-    files = [p for p in paths if not p.is_dir()]
+    folders = [p for p in paths if p.is_dir() or p.suffix == ".parquet"]  # a manifest lists a folder's files
+    files = [p for p in paths if p not in folders]
     studio = _studio(args, must_exist=False)
     bar = None
 
@@ -297,15 +311,17 @@ def cmd_index(args) -> int:
     cfg = _extractor(args)
     report = None
     for folder in folders:
-        part = studio.index(folder, args.collection, cfg, args.labels, progress, metadata_csv=args.metadata)
+        part = studio.index(folder, args.collection, cfg, args.labels, progress, metadata_csv=args.metadata,
+                            engine=args.engine, ray=cli_scale.ray_options(args), shards=args.shards)
         report = part if report is None else report.merge(part)
     if files:  # copied into the data folder by content hash, like the app's uploads
         part = studio.upload([(p, p.name, None) for p in files], args.collection, cfg, progress)
         report = part if report is None else report.merge(part)
     if bar is not None:
         bar.close()
+    published = studio.publish(args.collection, cfg, to=args.milvus_uri) if args.milvus_uri else None
     if args.json:
-        _print_json(report.to_json())
+        _print_json({**report.to_json(), **({"published": published.to_json()} if published else {})})
         return 0
     print(f"{len(report.added)} added, {len(report.duplicates)} duplicates, {report.unchanged} already indexed, "
           f"{len(report.skipped)} skipped  ({report.computed} embeddings computed, {report.reused} reused, "
@@ -314,7 +330,11 @@ def cmd_index(args) -> int:
         print(f"  duplicate: {name} (same content as {original})")
     for skip in report.skipped:
         print(f"  skipped: {skip.name}: {skip.reason}")
+    for line in cli_scale.describe_run(report):
+        print(line)
     _print_metadata(report.metadata)
+    if published is not None:
+        cli_scale.print_published(published, False)
     return 0
 
 
@@ -339,7 +359,7 @@ def cmd_search(args) -> int:
         result = studio.search_combined(image, args.text, args.collection, _extractor(args),
                                         _search_config(args, args.k), args.text_mode, args.text_weight)
     else:
-        result = studio.search(image, args.collection, _extractor(args), _search_config(args, args.k))
+        result = studio.search(image, args.collection, _extractor(args), _search_config(args, args.k, studio))
     if args.json:
         _print_json(result.to_json())
         return 0
@@ -351,6 +371,10 @@ def cmd_search(args) -> int:
             return 0
     t = result.timings
     print(f"decode {t['decode_ms']:.1f} ms, embed {t['embed_ms']:.1f} ms, search {t['search_ms']:.1f} ms on {result.device}, {result.runtime}")
+    if "served_by" in result.search:
+        print(f"served by {result.search['served_by']}: {int(t.get('candidates', 0))} candidates in "
+              f"{t.get('milvus_ms', 0):.1f} ms, re-scored ({result.search['metric']}, {result.search['rerank']}) "
+              f"in {t.get('rescore_ms', 0):.1f} ms")
     return 0
 
 
@@ -523,7 +547,24 @@ def cmd_delete_model(args) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "runtimes": cmd_runtimes, "adapt": cmd_adapt, "explain": cmd_explain, "delete-model": cmd_delete_model, "index": cmd_index, "search": cmd_search, "evaluate": cmd_evaluate,
+def cmd_publish(args) -> int:
+    studio = _studio(args)
+    if args.to is None and studio.served_by(args.collection) is None:
+        raise ValueError(f"the collection {args.collection!r} was never published: give --to URI")
+    cli_scale.print_published(studio.publish(args.collection, _extractor(args), to=args.to, shards=args.shards),
+                              args.json)
+    return 0
+
+
+def cmd_unpublish(args) -> int:
+    done = _studio(args).unpublish(args.collection, args.drop)
+    print(f"{args.collection}: searched in process from now on" + (" (its Milvus collections dropped)" if args.drop
+                                                                   else "") if done else
+          f"{args.collection}: was not published; nothing to do")
+    return 0
+
+
+COMMANDS = {"publish": cmd_publish, "unpublish": cmd_unpublish, "models": cmd_models, "runtimes": cmd_runtimes, "adapt": cmd_adapt, "explain": cmd_explain, "delete-model": cmd_delete_model, "index": cmd_index, "search": cmd_search, "evaluate": cmd_evaluate,
             "remove": cmd_remove, "collections": cmd_collections, "drop": cmd_drop, "metadata": cmd_metadata}
 
 

@@ -33,7 +33,15 @@ DEFAULT_WHITEN = "center"
 METRICS = tuple(distances.METRICS)
 RERANKS = tuple(ranking.RERANKS)
 WHITENINGS = tuple(whitening.FITTERS)
-INDEXES = ("auto", "exact", "ivf")  # "auto": the IVF index from ann.AUTO_THRESHOLD images on
+# "auto": the gallery's Milvus index if it was published to one, else the IVF
+# index from ann.AUTO_THRESHOLD images on, else exact.
+INDEXES = ("auto", "exact", "ivf", "milvus")
+# What a gallery served from Milvus can rank with: whatever needs only a
+# query's candidates. DBA, the graph re-rankers, centring and PCA-whitening
+# are learned on the whole gallery, which such a gallery never loads.
+MILVUS_RERANKS = ("none", "qe")
+MILVUS_WHITENINGS = ("none",)
+MILVUS_METRICS = tuple(m for m in METRICS if not distances.METRICS[m].whitened)
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ class SearchConfig:
     k: int = 10
     rerank: str = DEFAULT_RERANK  # one of ranking.RERANKS
     whiten: str = DEFAULT_WHITEN  # post-processing: one of whitening.FITTERS
-    index: str = "auto"  # "exact" search, the approximate "ivf" index, or "auto" by gallery size
+    index: str = "auto"  # one of INDEXES
 
     def __post_init__(self):
         if self.metric not in METRICS:
@@ -96,3 +104,21 @@ class SearchConfig:
             raise ValueError(f"unknown index {self.index!r}: choose one of {', '.join(INDEXES)}")
         if self.k < 1:
             raise ValueError("k must be at least 1")
+
+    @classmethod
+    def for_milvus(cls, **chosen) -> SearchConfig:
+        """The defaults for a Milvus-served gallery: aQE on cosine, nothing learned on the gallery."""
+        return cls(**{"rerank": "qe", "whiten": "none", **chosen})
+
+    def milvus_refusal(self) -> str | None:
+        """Why a Milvus-served gallery cannot rank this way (one line), or None."""
+        if self.rerank not in MILVUS_RERANKS:
+            return (f"re-ranking {self.rerank!r} needs the whole gallery in memory; a Milvus-served gallery "
+                    f"ranks with {' or '.join(MILVUS_RERANKS)} (or search it with index 'exact')")
+        if self.whiten not in MILVUS_WHITENINGS:
+            return (f"post-processing {self.whiten!r} is learned on the whole gallery; a Milvus-served gallery "
+                    f"uses 'none' (or search it with index 'exact')")
+        if self.metric not in MILVUS_METRICS:
+            return (f"the {self.metric} metric needs a covariance learned on the whole gallery; choose "
+                    f"{', '.join(MILVUS_METRICS)} (or search it with index 'exact')")
+        return None

@@ -175,6 +175,9 @@ class Store:
         "adapted": """CREATE TABLE adapted (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, method TEXT,
                       base TEXT, collection TEXT, input_size INTEGER, dim INTEGER, params BLOB, settings TEXT,
                       figures TEXT, created TEXT)""",
+        # A gallery served from an outside vector index (Milvus): where, and under which name.
+        "vector_indexes": """CREATE TABLE vector_indexes (collection_id INTEGER PRIMARY KEY REFERENCES collections(id),
+                             kind TEXT NOT NULL, uri TEXT NOT NULL, name TEXT NOT NULL, created TEXT)""",
     }
 
     def _create_schema(self) -> None:
@@ -389,6 +392,7 @@ class Store:
             held = self._members_where("m.collection_id = ?", [collection_id])
             self.db.execute("DELETE FROM members WHERE collection_id = ?", [collection_id])
             self.db.execute("DELETE FROM transforms WHERE collection_id = ?", [collection_id])
+            self.db.execute("DELETE FROM vector_indexes WHERE collection_id = ?", [collection_id])
             self.db.execute("DELETE FROM collections WHERE id = ?", [collection_id])
             self._delete_orphans([m.image_id for m in held])
             return held
@@ -655,6 +659,40 @@ class Store:
                       (SELECT COUNT(*) FROM metadata_fts f WHERE NOT EXISTS
                          (SELECT 1 FROM metadata t WHERE t.id = f.rowid))""")[0]
         return {"rows": rows, "indexed": indexed, "members": members, "unindexed": unindexed, "stray": stray}
+
+    # -- an outside vector index -------------------------------------------
+    def set_vector_index(self, collection_id: int, kind: str, uri: str, name: str) -> None:
+        with self._lock, self.db.atomic():
+            if not self.db.execute("SELECT 1 FROM collections WHERE id = ?", [collection_id]).fetchone():
+                raise CollectionGone(f"collection {collection_id} was dropped")
+            self.db["vector_indexes"].upsert({"collection_id": collection_id, "kind": kind, "uri": uri, "name": name,
+                                              "created": _now()}, pk="collection_id")
+
+    def vector_index(self, collection_id: int) -> dict | None:
+        """{kind, uri, name} of the gallery's outside index, or None: searched in process."""
+        rows = self._read("SELECT kind, uri, name FROM vector_indexes WHERE collection_id = ?", [collection_id])
+        return dict(zip(("kind", "uri", "name"), rows[0])) if rows else None
+
+    def clear_vector_index(self, collection_id: int) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute("DELETE FROM vector_indexes WHERE collection_id = ?", [collection_id])
+
+    def embedded_ids(self, collection_id: int, config_id: int) -> np.ndarray:
+        """Sorted image ids of the members that have this configuration's vector (no vector is read)."""
+        rows = self._read("""SELECT m.image_id FROM members m JOIN embeddings e
+                             ON e.image_id = m.image_id AND e.config_id = ?
+                             WHERE m.collection_id = ? ORDER BY m.image_id""", [config_id, collection_id])
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def members_by_id(self, collection_id: int, image_ids: list[int]) -> dict[int, Member]:
+        """The members among ``image_ids`` (ids no longer members are absent)."""
+        out: dict[int, Member] = {}
+        with self._lock:
+            for start in range(0, len(image_ids), 900):  # SQLite's bound on parameters
+                chunk = [int(i) for i in image_ids[start:start + 900]]
+                out.update((m.image_id, m) for m in self._members_where(
+                    f"m.collection_id = ? AND m.image_id IN ({','.join('?' * len(chunk))})", [collection_id, *chunk]))
+        return out
 
     # -- loading for search -----------------------------------------------
     def gallery(self, collection_id: int, config_id: int) -> Gallery:

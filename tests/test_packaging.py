@@ -55,6 +55,12 @@ def test_pyproject_dependencies_are_requirements_txt():
     assert _normal(PYPROJECT["project"]["dependencies"]) == _normal(_requirements(ROOT / "requirements.txt"))
 
 
+def test_scale_extra_is_requirements_scale_txt():
+    """``pip install '.[scale]'`` and ``pip install -r requirements-scale.txt`` get the same packages."""
+    assert _normal(PYPROJECT["project"]["optional-dependencies"]["scale"]) == \
+        _normal(_requirements(ROOT / "requirements-scale.txt"))
+
+
 def test_gpu_requirements_swap_only_tensorflow():
     """requirements-gpu.txt is requirements.txt with the full TensorFlow (and CUDA) in place of the CPU wheel."""
     def no_tf(lines):

@@ -34,7 +34,7 @@ GONE_NOTE = ("Your previous gallery no longer exists (it was idle for too long, 
 
 class Galleries:
     def __init__(self, store: Store, blobs: Blobs, indexer: Indexer, models: Models, limits: Limits,
-                 forget: Callable[[int], None], captions: Captions | None = None):
+                 forget: Callable[[int, dict | None], None], captions: Captions | None = None):
         self.store, self.blobs, self.indexer, self.models, self.limits = store, blobs, indexer, models, limits
         self.captions = captions or Captions(store)  # a zip's metadata.csv is applied as it is uploaded
         self._forget = forget  # the searcher's caches and index files of a dropped collection
@@ -111,13 +111,14 @@ class Galleries:
                 if now - self._used.get(cid, -1e18) > max_idle_s and self._drop(cid, name, cutoff)]
 
     def _drop(self, cid: int, name: str, idle_before: str | None = None) -> bool:
+        outside = self.store.vector_index(cid)  # read before the drop deletes it
         held = self.store.drop_collection(cid, idle_before)
         if held is None:
             return False
         for row in self.models.trained():
             if row["collection"] == name:  # a model trained on a gallery goes with it
                 self.models.delete_trained(row["name"])
-        self._forget(cid)
+        self._forget(cid, outside)
         self._touched.pop(cid, None)
         self._used.pop(cid, None)
         with self._sessions:

@@ -42,15 +42,20 @@ class Indexer:
     def folder(self, folder: Path, ref: CollectionRef, cfg: ExtractorConfig, labels_csv=None,
                progress: Progress | None = None) -> IndexReport:
         """A folder, recursively; labels from first-level subfolders or a CSV."""
+        sources, skipped = self.sources(folder, labels_csv)
+        report = self.add(sources, ref, cfg, progress)
+        report.skipped = skipped + report.skipped
+        return report
+
+    def sources(self, folder: Path, labels_csv=None) -> tuple[list[SourceFile], list[Skipped]]:
+        """The files a folder offers, labelled (the one listing rule for every engine)."""
         sources, skipped = scan_folder(folder, self.limits)
         sources = [s for s in sources if s.name.lower() != SIDECAR]  # captions and tags, read by the caller
         if labels_csv is not None:
             labels = read_labels_csv(labels_csv)
             sources = [SourceFile(s.path, s.name, labels[key] if (key := match_key(labels, s.name)) is not None else s.label)
                        for s in sources]
-        report = self.add(sources, ref, cfg, progress)
-        report.skipped = skipped + report.skipped
-        return report
+        return sources, skipped
 
     def add(self, sources: Sequence[SourceFile], ref: CollectionRef, cfg: ExtractorConfig,
             progress: Progress | None = None) -> IndexReport:
@@ -115,7 +120,7 @@ class Indexer:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer") as writer:
             pending: Future | None = None
             for batch, vectors in embed_batches(stream, embed, self.batch_size):
-                rows, found_at = self._rows(batch, vectors, members, embedded, seen_names, report)
+                rows, found_at = self.rows(batch, vectors, members, embedded, seen_names, report)
                 if pending is not None:
                     written(pending.result())
                 pending = writer.submit(write, rows, found_at, len(batch))
@@ -126,10 +131,13 @@ class Indexer:
         report.timings = {f"{stage}_s": round(seconds, 3) for stage, seconds in busy.items()}
         return report
 
-    def _rows(self, batch: list[Prepared], vectors: dict[int, np.ndarray], members: dict[str, str],
+    def rows(self, batch: list[Prepared], vectors: dict[int, np.ndarray], members: dict[str, str],
               embedded: set[str], seen_names: dict[str, str], report: IndexReport
               ) -> tuple[list[NewMember], dict[str, str]]:
-        """One batch of prepared files -> the rows to write, the report updated on the way."""
+        """One batch of prepared files -> the rows to write, the report updated on the way.
+
+        Every engine (in process, or Ray through ``bulk.py``) reports through
+        here, so duplicates, unchanged and skipped files read the same."""
         rows: list[NewMember] = []
         found_at: dict[str, str] = {}  # path -> the content read there now
         for i, item in enumerate(batch):

@@ -34,15 +34,16 @@ def option_checked(name: str) -> str:
 
 
 class Models:
-    def __init__(self, store: Store, caches: Caches, device: str = "auto", batch_size: int = 32,
+    def __init__(self, store: Store | None, caches: Caches, device: str = "auto", batch_size: int = 32,
                  runtime: str = "auto"):
+        """``store`` None: the built-in models only (a distributed worker, which never sees the database)."""
         self.store, self.caches, self.device, self.batch_size = store, caches, device, batch_size
         self.runtime = option_checked(runtime)
         self._trained: dict[str, BackboneSpec] = {}
         self._loaded: dict[tuple, Backbone] = {}
         self._placements: dict[str, object] = {}
         self._lock = threading.RLock()
-        for row in store.adapted():
+        for row in store.adapted() if store is not None else ():
             self._register(row)
 
     # -- names --------------------------------------------------------------
@@ -51,7 +52,8 @@ class Models:
             return get_spec(name)
         with self._lock:
             if name not in self._trained:
-                rows = self.store.adapted(name)  # trained by another Studio on this database?
+                # trained by another Studio on this database?
+                rows = self.store.adapted(name) if self.store is not None else []
                 if not rows:
                     raise BackboneUnavailable(f"unknown model {name!r}; known: {', '.join([*REGISTRY, *self._trained])}")
                 self._register(rows[0])

@@ -66,6 +66,8 @@ class IndexReport:
     limit: str | None = None  # the whole-upload cap that was hit, if any
     timings: dict[str, float] = field(default_factory=dict)  # seconds each stage worked (decode, embed, write)
     metadata: list[MetadataImport] = field(default_factory=list)  # captions and tags read on the way (metadata.csv)
+    engine: str = "in-process"  # or "ray"
+    distributed: dict | None = None  # a Ray run: actors, nodes, the shards written and reused
 
     @property
     def images_per_second(self) -> float:

@@ -23,6 +23,7 @@ from ..backbones import Backbone
 from ..config import ExtractorConfig, SearchConfig
 from ..decode import DecodeError, to_pixels
 from ..evaluation import agreement
+from ..milvus import describe
 from ..pooling import l2_normalize
 from ..ranking import Ranker, build_ranker
 from ..settings import Limits
@@ -31,6 +32,7 @@ from ..whitening import Whitening
 from .caches import Caches
 from .indexing import Indexer, Progress
 from .models import Models
+from .publishing import Publisher
 from .reports import CollectionRef, Comparison, Hit, SearchResult, ServiceError
 
 
@@ -41,6 +43,7 @@ def _ms(start: float) -> float:
 class Searcher:
     def __init__(self, store: Store, models: Models, indexer: Indexer, caches: Caches, limits: Limits):
         self.store, self.models, self.indexer, self.caches, self.limits = store, models, indexer, caches, limits
+        self.publisher = Publisher(store, models, indexer)  # galleries served from Milvus
         self._ann_lock = threading.Lock()  # an IVF index is synced and saved by one thread at a time
 
     # -- galleries and rankers ---------------------------------------------------
@@ -127,9 +130,10 @@ class Searcher:
         self.caches.anns.put((cid, config_id), ann)
         return ann
 
-    def forget(self, cid: int) -> None:
-        """A dropped collection: its caches and index files go."""
+    def forget(self, cid: int, outside: dict | None = None) -> None:
+        """A dropped collection: its caches and index files go (and its Milvus collections, ``outside``)."""
         self.caches.forget_collection(cid)
+        self.publisher.forget(cid, outside)
         for path in self.ann_folder.glob(f"{cid}-*.faiss"):
             path.unlink(missing_ok=True)
 
@@ -154,7 +158,30 @@ class Searcher:
 
     def search(self, image, ref: CollectionRef, cfg: ExtractorConfig, scfg: SearchConfig, device: str | None = None,
                progress: Progress | None = None, runtime: str | None = None) -> SearchResult:
-        return self._search(image, ref, self.models.resolve(cfg), scfg, device, runtime, progress)[0]
+        cfg = self.models.resolve(cfg)
+        if self.served_by_milvus(ref, scfg):
+            return self._search_milvus(image, ref, cfg, scfg, device, runtime, progress)
+        return self._search(image, ref, cfg, scfg, device, runtime, progress)[0]
+
+    def served_by_milvus(self, ref: CollectionRef, scfg: SearchConfig) -> bool:
+        """``milvus`` asks for it; ``auto`` takes it when the gallery was published to Milvus."""
+        return scfg.index == "milvus" or (scfg.index == "auto" and self.store.vector_index(ref.id) is not None)
+
+    def _search_milvus(self, image, ref, cfg, scfg, device, runtime, progress) -> SearchResult:
+        started = time.perf_counter()
+        vector, timings, backbone = self.embed_query(image, cfg, device, runtime)
+        start = time.perf_counter()
+        ids, scores, found = self.publisher.search(vector, ref, cfg, scfg, progress)
+        members = self.store.members_by_id(ref.id, ids.tolist())
+        hits = []
+        for image_id, score in zip(ids.tolist(), scores.tolist()):
+            m = members.get(image_id)
+            if m is not None:  # removed since the sync: never shown
+                hits.append(Hit(len(hits) + 1, m.name, m.path, m.label, float(score), m.sha256))
+        timings = {**timings, "search_ms": _ms(start), **found, "total_ms": _ms(started)}
+        where = self.store.vector_index(ref.id)
+        search = {**asdict(scfg), "served_by": describe(where["uri"]) if where else "milvus"}
+        return SearchResult(hits, timings, backbone.device, cfg.key, search, backbone.runtime)
 
     def _search(self, image, ref, cfg, scfg, device, runtime, progress) -> tuple[SearchResult, Gallery, Ranker, np.ndarray]:
         started = time.perf_counter()
@@ -175,6 +202,10 @@ class Searcher:
                 progress: Progress | None = None,
                 runtimes: tuple[str | None, str | None] = (None, None)) -> Comparison:
         """Two configurations, one query: both result lists and how they agree."""
+        for _, scfg in (a, b):
+            if self.served_by_milvus(ref, scfg):
+                raise ServiceError("Compare ranks the whole gallery, which a Milvus-served gallery never loads: "
+                                   "compare with index 'exact'")
         results, orders = [], []
         for (cfg, scfg), device, runtime in zip((a, b), devices, runtimes):
             result, gallery, ranker, vector = self._search(image, ref, self.models.resolve(cfg), scfg, device, runtime,

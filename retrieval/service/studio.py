@@ -18,14 +18,17 @@ import numpy as np
 from ..adapt import AdaptConfig, BatchCallback, EpochCallback
 from ..backbones import Backbone
 from ..config import ExtractorConfig, SearchConfig
+from ..distributed import AUTO_THRESHOLD, RayOptions
 from ..evaluation import EvalReport
 from ..extract import default_workers
 from ..files import SourceFile
 from ..metadata import DEFAULT_TEXT_MODE, DEFAULT_TEXT_WEIGHT
+from ..milvus import INSTALL
 from ..pooling import l2_normalize
 from ..settings import Limits, default_db
 from ..store import CollectionInfo, Gallery, Member, Metadata, Store
 from .blobs import Blobs
+from .bulk import ENGINES, BulkIndexer, ray_available
 from .caches import Caches
 from .captions import Captions, read_csv_file
 from .evaluating import Evaluator
@@ -34,6 +37,7 @@ from .indexing import Indexer, Progress
 from .insight import Insight
 from .jobs import Job
 from .models import Models
+from .publishing import Published
 from .reports import AdaptReport, Comparison, IndexReport, MetadataImport, SearchResult, ServiceError, Session
 from .searching import Searcher
 from .textsearch import TextSearch
@@ -63,6 +67,7 @@ class Studio:
         self._captions = Captions(self.store)
         self._galleries = Galleries(self.store, self._blobs, self._indexer, self._models, limits,
                                     forget=self._searcher.forget, captions=self._captions)
+        self._bulk = BulkIndexer(self.store, self._models, self._indexer, self.workers)
         self._evaluator = Evaluator(self._searcher, self._galleries, self._blobs, batch_size, self.workers)
         self._text = TextSearch(self._searcher, self._evaluator)
         self._trainer = Trainer(self._models, self._searcher, self._indexer)
@@ -105,21 +110,44 @@ class Studio:
     # -- indexing -------------------------------------------------------------
     def index(self, folder: str | Path, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
               labels_csv: str | Path | None = None, progress: Progress | None = None,
-              metadata_csv: str | Path | None = None) -> IndexReport:
-        """Index a folder recursively; labels from first-level subfolders or a CSV.
+              metadata_csv: str | Path | None = None, engine: str = "in-process", ray: RayOptions | None = None,
+              shards: str | None = None) -> IndexReport:
+        """Index a folder recursively (or a manifest ``.parquet`` of paths); labels from first-level
+        subfolders or a CSV.
 
         Captions and tags come from ``metadata_csv``, else from the folder's
         own ``metadata.csv`` when it has one (``report.metadata`` says what
         was applied); that file is never taken for an image.
+
+        ``engine``: ``in-process``, ``ray`` (``ray`` options say where; the
+        vectors are also kept as Parquet shards under ``shards``, by default
+        beside the database), or ``auto`` (Ray from
+        ``distributed.AUTO_THRESHOLD`` files on, when it is installed).
         """
-        folder = Path(folder)
-        if not folder.is_dir():  # before the collection is created: a typo makes no empty gallery
-            raise ServiceError(f"not a folder: {folder}")
+        source = Path(folder)
+        manifest = source.suffix == ".parquet" and source.is_file()
+        if not source.is_dir() and not manifest:  # before the collection is created: a typo makes no empty gallery
+            raise ServiceError(f"not a folder or a manifest (.parquet): {source}")
         if metadata_csv is not None and not Path(metadata_csv).is_file():
             raise ServiceError(f"no metadata CSV at {metadata_csv}")
+        if engine not in ENGINES:
+            raise ServiceError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+        if engine == "ray" and not ray_available():
+            raise ServiceError(f"the ray engine needs Ray: {INSTALL}")
         ref = self._galleries.ref(collection, create=True)
-        report = self._indexer.folder(folder, ref, cfg, labels_csv, progress)
-        report.metadata = self._captions.folder(ref, folder, metadata_csv)
+        if engine == "ray":
+            report = self._bulk.index(source, ref, cfg, ray or RayOptions(), shards, labels_csv, progress)
+        else:
+            files, skipped, _ = self._bulk.sources(source, labels_csv)
+            if engine == "auto" and len(files) >= AUTO_THRESHOLD and ray_available():
+                report = self._bulk.index(source, ref, cfg, ray or RayOptions(), shards, labels_csv, progress)
+            else:
+                report = self._indexer.add(files, ref, cfg, progress)
+                report.skipped = skipped + report.skipped
+        if source.is_dir():
+            report.metadata = self._captions.folder(ref, source, metadata_csv)
+        elif metadata_csv is not None:
+            report.metadata = [self._captions.import_csv(ref, read_csv_file(metadata_csv), str(metadata_csv))]
         return report
 
     def add_files(self, sources: Sequence[SourceFile], collection: str = "default",
@@ -159,6 +187,38 @@ class Studio:
                progress: Progress | None = None, runtime: str | None = None) -> SearchResult:
         """Rank the collection against an image (path, bytes, PIL image or RGB array)."""
         return self._searcher.search(image, self._galleries.ref(collection), cfg, scfg, device, progress, runtime)
+
+    # -- Milvus-served galleries (the ``scale`` extra) ----------------------------
+    def publish(self, collection: str, cfg: ExtractorConfig = ExtractorConfig(), to: str | None = None,
+                shards: str | Path | None = None, progress: Progress | None = None) -> Published:
+        """Load the gallery's vectors into Milvus and serve its searches from there from now on.
+
+        ``to``: a Milvus Lite file (``*.db``), a Lite server or a cluster URI
+        (``http://host:19530``); stored with the gallery, so later searches
+        (``index="auto"``) go to Milvus and later adds and removes reach it.
+        Without ``to``, the gallery's stored URI. ``shards``: Parquet shards
+        from ``index --engine ray`` to read the vectors from instead of SQLite.
+        """
+        ref = self._galleries.ref(collection)
+        if to is not None:
+            self._searcher.publisher.attach(ref, to)
+        return self._searcher.publisher.index(ref, cfg, progress, shards)[1]
+
+    def unpublish(self, collection: str, drop: bool = False) -> bool:
+        """Search the gallery in process again; ``drop`` also deletes its Milvus collections."""
+        return self._searcher.publisher.detach(self._galleries.ref(collection), drop)
+
+    def served_by(self, collection: str) -> dict | None:
+        """{kind, uri, name} of the outside index that serves the gallery, or None (in process)."""
+        return self._searcher.publisher.setting(self._galleries.ref(collection))
+
+    def search_defaults(self, collection: str, **chosen) -> SearchConfig:
+        """The default search for this gallery, with ``chosen`` fields: a Milvus-served
+        gallery ranks without what needs the whole gallery (``SearchConfig.for_milvus``)."""
+        chosen = {k: v for k, v in chosen.items() if v is not None}
+        if self.served_by(collection) is not None and chosen.get("index", "auto") in ("auto", "milvus"):
+            return SearchConfig.for_milvus(**chosen)
+        return SearchConfig(**chosen)
 
     def search_text(self, text: str, collection: str = "default", k: int = 10) -> SearchResult:
         """Rank the collection's captions and tags against words (BM25); no model runs.

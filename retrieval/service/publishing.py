@@ -1,0 +1,219 @@
+"""Galleries served from Milvus: attach one, keep it in sync, search it.
+
+Why a gallery and not a query chooses Milvus: its vectors live in a
+service with its own life (a cluster, a Lite server, a file), so where it is
+belongs with the gallery, stored beside it (``Store.set_vector_index``).
+SQLite stays the record of which images a gallery holds; Milvus only
+proposes candidates, which are re-scored exactly here. So Milvus is synced
+lazily, in one place: the first search after the gallery's generation
+changed makes the Milvus collection hold exactly the gallery's image ids
+(ids are never reused, so a set difference is exact), whatever door the
+change came in by (index, upload, remove, another process).
+
+A Milvus-served search never loads the gallery's vectors: it reads the
+candidates' vectors from Milvus and the hits' names from SQLite. What
+needs the whole gallery in memory (DBA, graph re-rankers, centring,
+PCA-whitening, Mahalanobis) is refused with a one-line reason; searching
+the same gallery with index ``exact`` still offers all of it in process.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import milvus
+from ..config import ExtractorConfig, SearchConfig
+from ..milvus import MilvusIndex, MilvusUnavailable
+from ..ranking import build_ranker
+from ..store import CollectionGone, Store
+from .indexing import Indexer, Progress
+from .models import Models
+from .reports import CollectionRef, ServiceError
+
+CANDIDATES = 200  # at least this many candidates, or k x CANDIDATES_PER_RESULT, are re-scored
+CANDIDATES_PER_RESULT = 10
+SYNC_CHUNK = 5000  # vectors read from SQLite per insert round
+TOKEN_ENV = "RETRIEVAL_MILVUS_TOKEN"  # a cluster's credentials: read from the environment, never stored
+
+
+@dataclass(frozen=True)
+class Published:
+    """What one ``publish`` or sync did."""
+
+    collection: str
+    milvus_collection: str
+    where: str
+    added: int
+    removed: int
+    total: int
+    from_shards: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Publisher:
+    def __init__(self, store: Store, models: Models, indexer: Indexer):
+        self.store, self.models, self.indexer = store, models, indexer
+        self._clients: dict[str, object] = {}
+        self._locks: dict[str, threading.Lock] = {}  # one call at a time per Milvus (Lite files need it)
+        self._synced: dict[tuple[int, int], int] = {}  # (collection, config) -> generation Milvus matches
+        self._lock = threading.Lock()
+
+    # -- where a gallery is served ------------------------------------------------
+    def setting(self, ref: CollectionRef) -> dict | None:
+        return self.store.vector_index(ref.id)
+
+    def attach(self, ref: CollectionRef, uri: str) -> dict:
+        """Serve ``ref`` from the Milvus at ``uri`` from now on (checked reachable first)."""
+        try:
+            uri = milvus.normalize_uri(uri)
+            self._client(uri)
+        except MilvusUnavailable as exc:
+            raise ServiceError(str(exc)) from None
+        current = self.store.vector_index(ref.id)
+        if current is not None and current["uri"] == uri:
+            return current
+        name = milvus.base_name(ref.name, secrets.token_hex(4))
+        try:
+            self.store.set_vector_index(ref.id, "milvus", uri, name)
+        except CollectionGone:
+            raise ServiceError(f"the gallery {ref.name!r} no longer exists") from None
+        with self._lock:
+            self._synced = {k: v for k, v in self._synced.items() if k[0] != ref.id}
+        return self.store.vector_index(ref.id)
+
+    def detach(self, ref: CollectionRef, drop: bool = False) -> bool:
+        """Search ``ref`` in process again; ``drop`` also deletes its Milvus collections."""
+        current = self.store.vector_index(ref.id)
+        if current is None:
+            return False
+        if drop:
+            self.forget(ref.id, current)
+        self.store.clear_vector_index(ref.id)
+        with self._lock:
+            self._synced = {k: v for k, v in self._synced.items() if k[0] != ref.id}
+        return True
+
+    def forget(self, cid: int, setting: dict | None) -> None:
+        """A dropped gallery's Milvus collections go too (best effort: an unreachable server keeps them)."""
+        with self._lock:
+            self._synced = {k: v for k, v in self._synced.items() if k[0] != cid}
+        if setting is None:
+            return
+        try:
+            client = self._client(setting["uri"])
+            with self._locks[setting["uri"]]:
+                for name in client.list_collections():
+                    if name.startswith(f"{setting['name']}_k"):
+                        client.drop_collection(name)
+        except Exception:  # noqa: BLE001 - the gallery is gone from SQLite either way
+            pass
+
+    # -- keeping Milvus equal to the gallery ------------------------------------
+    def index(self, ref: CollectionRef, cfg: ExtractorConfig, progress: Progress | None = None,
+              shards: str | Path | None = None) -> tuple[MilvusIndex, Published]:
+        """The gallery's Milvus collection for ``cfg``, synced to its current generation."""
+        setting = self.store.vector_index(ref.id)
+        if setting is None:
+            raise ServiceError(f"the gallery {ref.name!r} is not served from Milvus: "
+                               f"publish it first (python -m retrieval publish --collection {ref.name} --to URI)")
+        cfg = self.models.resolve(cfg)
+        dim = self.models.spec(cfg.backbone).dim
+        config_id = self.store.config_id(cfg, dim)
+        generation = self.store.generation(ref.id)
+        if generation < 0:
+            raise ServiceError(f"the gallery {ref.name!r} no longer exists")
+        uri = setting["uri"]
+        name = milvus.collection_name(setting["name"], config_id)
+        try:
+            client = self._client(uri)
+            with self._locks[uri]:
+                index = MilvusIndex.open(client, name, dim)
+                if self._synced.get((ref.id, config_id)) == generation and shards is None:
+                    return index, Published(ref.name, name, milvus.describe(uri), 0, 0, index.count())
+                self.indexer.ensure(ref, cfg, progress)
+                started = time.perf_counter()
+                generation = self.store.generation(ref.id)
+                added, removed, from_shards = self._sync(index, ref.id, config_id, cfg, shards)
+                total = index.count()
+        except MilvusUnavailable as exc:
+            raise ServiceError(str(exc)) from None
+        except ServiceError:
+            raise
+        except Exception as exc:  # a server that fails mid-way: one line, nothing half-believed
+            raise ServiceError(f"{milvus.describe(uri)} failed: {str(exc).splitlines()[0][:300]}") from None
+        with self._lock:
+            self._synced[(ref.id, config_id)] = generation
+        return index, Published(ref.name, name, milvus.describe(uri), added, removed, total, from_shards,
+                                round(time.perf_counter() - started, 3))
+
+    def _sync(self, index: MilvusIndex, cid: int, config_id: int, cfg: ExtractorConfig,
+              shards: str | Path | None) -> tuple[int, int, int]:
+        wanted = self.store.embedded_ids(cid, config_id)
+        have = np.fromiter(index.ids(), dtype=np.int64)
+        extra = np.setdiff1d(have, wanted, assume_unique=True)
+        missing = np.setdiff1d(wanted, have, assume_unique=True)
+        index.remove(extra)
+        from_shards = 0
+        if shards is not None and len(missing):
+            from ..shards import vectors_by_hash
+
+            members = self.store.members_by_id(cid, missing.tolist())
+            found = vectors_by_hash(shards, cfg.key, {m.sha256 for m in members.values()})
+            have_ids = np.array(sorted(i for i, m in members.items() if m.sha256 in found), np.int64)
+            if len(have_ids):
+                index.add(have_ids, np.stack([found[members[int(i)].sha256] for i in have_ids]))
+            from_shards = len(have_ids)
+            missing = np.setdiff1d(missing, have_ids, assume_unique=True)
+        for start in range(0, len(missing), SYNC_CHUNK):
+            chunk = missing[start:start + SYNC_CHUNK].tolist()
+            vectors = self.store.vectors(config_id, chunk)
+            ids = np.array([i for i in chunk if i in vectors], np.int64)
+            if len(ids):
+                index.add(ids, np.stack([vectors[int(i)] for i in ids]))
+        return len(missing) + from_shards, len(extra), from_shards
+
+    # -- searching ----------------------------------------------------------------
+    def search(self, vector: np.ndarray, ref: CollectionRef, cfg: ExtractorConfig, scfg: SearchConfig,
+               progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """(image ids, scores, timings) of the top k: Milvus proposes, the chosen metric decides."""
+        refusal = scfg.milvus_refusal()
+        if refusal:
+            raise ServiceError(refusal)
+        index, _ = self.index(ref, cfg, progress)
+        uri = self.store.vector_index(ref.id)["uri"]
+        started = time.perf_counter()
+        try:
+            with self._locks[uri]:
+                ids, vectors = next(index.search(vector[None], max(CANDIDATES, scfg.k * CANDIDATES_PER_RESULT)))
+        except Exception as exc:
+            raise ServiceError(f"{milvus.describe(uri)} failed: {str(exc).splitlines()[0][:300]}") from None
+        milvus_ms = (time.perf_counter() - started) * 1000.0
+        if not len(ids):
+            return ids, np.zeros(0, np.float32), {"milvus_ms": round(milvus_ms, 3)}
+        order = np.argsort(ids, kind="stable")  # ties go to the lower image id, as in exact search
+        ids, vectors = ids[order], vectors[order]
+        started = time.perf_counter()
+        ranking = build_ranker(vectors, scfg.metric, scfg.rerank, "none").search(vector[None], min(scfg.k, len(ids)))
+        rescore_ms = (time.perf_counter() - started) * 1000.0
+        return (ids[ranking.indices[0]], ranking.scores[0],
+                {"milvus_ms": round(milvus_ms, 3), "rescore_ms": round(rescore_ms, 3), "candidates": float(len(ids))})
+
+    # -- clients ------------------------------------------------------------------
+    def _client(self, uri: str):
+        with self._lock:
+            client = self._clients.get(uri)
+            if client is None:
+                client = milvus.connect(uri, os.environ.get(TOKEN_ENV))
+                self._clients[uri] = client
+                self._locks[uri] = threading.Lock()
+            return client
