@@ -4,7 +4,7 @@ This file arranges components and calls the service layer; it holds no SQL,
 no numpy math and no model code. Run ``python app.py`` and open
 http://127.0.0.1:7860. Options: ``--host``, ``--port``, ``--share``,
 ``--data-dir`` (or ``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT``,
-``RETRIEVAL_DATA_DIR``), the upload caps (``--max-files``,
+``RETRIEVAL_DATA_DIR``), ``--gallery`` (or ``RETRIEVAL_GALLERY``), the upload caps (``--max-files``,
 ``--max-upload-mb``, ``--max-pixels``) and the session sweep
 (``--session-ttl``, ``--cleanup-every``).
 
@@ -14,16 +14,24 @@ copy-on-write collection (``session-…``), visible to that session only and
 dropped after ``--session-ttl`` seconds without use. Which gallery a tab
 works on is the service's decision (``Studio.session``): a tab whose gallery
 expired gets a fresh copy of the demo and a one-line note saying so.
+
+``--gallery NAME`` shares a gallery of the database instead of the demo (made
+with ``python -m retrieval index FOLDER --collection NAME``; the demo is then
+not indexed). A gallery served from Milvus is read-only here: a private copy
+would be searched in process, loading every vector, so uploads and removals
+are off, Compare (which ranks the whole gallery) is off, and searches default
+to what Milvus can rank with (``Studio.search_defaults``).
 """
 
 
 import argparse
 import os
+import sys
 
 from ui.settings import AppSettings
 
 
-def parse_args(argv: list[str] | None = None) -> AppSettings:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Image retrieval studio: a Gradio app over retrieval.service")
     from retrieval.settings import hosting
 
@@ -59,9 +67,23 @@ def parse_args(argv: list[str] | None = None) -> AppSettings:
     p.add_argument("--runtime", default=os.environ.get("RETRIEVAL_RUNTIME", "auto"), choices=RUNTIMES,
                    help="what runs the CNNs by default (or RETRIEVAL_RUNTIME): auto (the fastest that matched Keras "
                         "on the reference photos here), keras, or a named OpenVINO precision")
+    p.add_argument("--gallery", default=os.environ.get("RETRIEVAL_GALLERY") or None, metavar="NAME",
+                   help="serve this gallery of the database instead of the built-in demo (or RETRIEVAL_GALLERY); "
+                        "it must exist (python -m retrieval index FOLDER --collection NAME). One served from "
+                        "Milvus is read-only in the app")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> AppSettings:
+    from retrieval.settings import hosting
+
+    p = build_parser()
     a = p.parse_args(argv)
+    where = hosting()  # before RETRIEVAL_DATA_DIR is set below, as the parser's defaults saw it
     if a.cleanup_every is not None and a.cleanup_every <= 0:
         p.error("--cleanup-every must be a positive number of seconds")
+    if a.gallery is not None and not a.gallery.strip():
+        p.error("--gallery needs a gallery name")
     if a.data_dir:
         os.environ["RETRIEVAL_DATA_DIR"] = a.data_dir
     from retrieval.settings import data_dir
@@ -69,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> AppSettings:
     return AppSettings(a.host, a.port, a.share, data_dir(), a.max_files, a.max_upload_mb, a.max_pixels, a.session_ttl,
                        a.cleanup_every, a.runtime, queue_size=a.queue_size,
                        where=_where(where, data_dir()),
-                       private_host=not (where.is_space or a.share) and a.host in ("127.0.0.1", "localhost", "::1"))
+                       private_host=not (where.is_space or a.share) and a.host in ("127.0.0.1", "localhost", "::1"),
+                       gallery=a.gallery)
 
 
 def _where(where, folder) -> str:
@@ -110,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     from ui.backend import DEMO_DIR, Backend
 
     backend = Backend(settings)
+    missing = backend.missing_gallery()
+    if missing:  # one line, no traceback, before Gradio is even imported
+        backend.studio.close()
+        sys.exit(f"error: {missing}")
     backend.start()  # the model loads while Gradio imports: the first query after the page is up is quick
     import gradio as gr
 
@@ -118,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     ui = build(backend)
     ui.queue(default_concurrency_limit=4, max_size=settings.queue_size).launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
-        allowed_paths=[str(DEMO_DIR), str(settings.data_dir / "images"), str(settings.data_dir / "exports")],
+        allowed_paths=[str(DEMO_DIR), str(settings.data_dir / "images"), str(settings.data_dir / "exports"),
+                       *backend.gallery_folders()],
         max_file_size=settings.max_upload_mb * 1024 * 1024, theme=gr.themes.Soft(), css=CSS, js=PAGE_JS,
     )
 

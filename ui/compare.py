@@ -18,13 +18,19 @@ class CompareTab:
         self.page = page
         gr.Markdown("Run two configurations on the same query — two backbones, cosine against Euclidean, "
                     "CPU against GPU — and see where they agree.")
+        # Compare ranks the whole gallery, which a Milvus-served one never loads here (the engine refuses it):
+        # said up front, the button off, rather than an error after a click; API calls get the engine's refusal.
+        off = page.read_only is not None
+        gr.Markdown(f"**Compare is off for this gallery:** it ranks the whole gallery, which a gallery served from "
+                    f"{page.backend.served_from} never loads into this process. Use the Search tab.",
+                    elem_id="compare-off", visible=off)
         with gr.Row():
             self.query = gr.Image(type="filepath", label="Query image", elem_id="compare-query",
                                   sources=["upload", "webcam", "clipboard"], height=240)
             with gr.Column():
                 examples = gr.Examples(page.examples, inputs=self.query, label="Example queries (click to compare)")
                 self.k = gr.Slider(1, 30, value=8, step=1, label="k")
-                button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+                button = gr.Button("Compare", variant="primary", elem_id="compare-button", interactive=not off)
         agreement = gr.Markdown(elem_id="compare-agreement")
         sides = {}
         with gr.Row():

@@ -48,9 +48,14 @@ def timing_line(result) -> str:
     rerank = f"re-rank **{t.get('rerank_ms', 0.0):.1f} ms**"
     if "graph_build_ms" in t:
         rerank += f", graph built **{t['graph_build_ms']:.0f} ms**"
+    if "milvus_ms" in t:  # a Milvus-served gallery: Milvus proposes candidates, which are re-scored here
+        rerank = (f"Milvus **{t['milvus_ms']:.1f} ms**, {int(t.get('candidates', 0))} candidates re-scored "
+                  f"**{t.get('rescore_ms', 0.0):.1f} ms**")
     words = f" · text **{t['text_ms']:.1f} ms**" if "text_ms" in t else ""
+    served = (getattr(result, "search", None) or {}).get("served_by")
+    where = f" · served from **{one_line(served)}**" if served else ""
     line = (f"decode **{t['decode_ms']:.1f} ms** · embed **{t['embed_ms']:.1f} ms** · search **{t['search_ms']:.1f} ms** "
-            f"({rerank}){words} · total **{t['total_ms']:.1f} ms** on **{result.device}** · **{result.runtime}**")
+            f"({rerank}){words} · total **{t['total_ms']:.1f} ms** on **{result.device}** · **{result.runtime}**{where}")
     return f"{text_line(text)}\n\n{line}" if text else line
 
 
@@ -72,14 +77,20 @@ def agreement_line(agreement) -> str:
             f"{agreement.kendall_tau:.2f} · Spearman ρ (full ranking): {agreement.spearman_rho:.2f}")
 
 
-def gallery_items(members) -> list[tuple[str, str]]:
-    return [(m.path, f"{m.label or 'unlabelled'} · {m.name}") for m in members if m.path]
+def gallery_items(members, limit: int | None = None) -> list[tuple[str, str]]:
+    """The members with a file, as gallery items (the first ``limit`` of them: a huge gallery is not listed whole)."""
+    return [(m.path, f"{m.label or 'unlabelled'} · {m.name}") for m in members if m.path][:limit]
 
 
-def gallery_info(members, private: bool) -> str:
+def gallery_info(members, private: bool, shared: str = "the shared demo gallery",
+                 read_only: bool = False, shown: int | None = None) -> str:
+    """``shared``: what the shared gallery is called; ``read_only``: it is never copied (Milvus-served);
+    ``shown``: how many of the members the page lists, when not all of them."""
     labels = {m.label for m in members if m.label}
-    owner = "your private gallery" if private else "the shared demo gallery (read-only: changes make your own copy)"
-    return f"**{len(members)} images**, {len(labels)} labels — {owner}."
+    owner = ("your private gallery" if private else
+             f"{shared} (read-only)" if read_only else f"{shared} (read-only: changes make your own copy)")
+    listed = f" (the first {shown} shown)" if shown is not None and shown < len(members) else ""
+    return f"**{len(members)} images**{listed}, {len(labels)} labels — {owner}."
 
 
 def upload_summary(report) -> str:

@@ -11,6 +11,7 @@ from .formatting import code, gallery_info, gallery_items, upload_summary
 from .sessions import kept, with_note
 from .widgets import PRIVATE, friendly
 
+LISTED = 1000  # the Gallery tab lists at most this many images: a gallery served from Milvus may hold millions
 FOLDER_JS = "(files, paths, session) => [files, JSON.stringify(window.__retrievalFolder || []), session]"
 
 
@@ -22,14 +23,17 @@ class GalleryTab:
     def __init__(self, page, queries: list, use_as_query):
         self.page = page
         info = gr.Markdown(elem_id="gallery-info")
+        writable = page.read_only is None  # a Milvus-served shared gallery is never copied: no changes here
+        gr.Markdown(page.read_only or "", elem_id="gallery-read-only", visible=not writable)
         with gr.Row():
             with gr.Column(scale=2):
                 upload = gr.File(file_count="multiple", label="Add images or a zip (subfolders become labels)",
-                                 elem_id="gallery-upload")
+                                 elem_id="gallery-upload", interactive=writable)
                 folder = gr.File(file_count="directory",
                                  label="…or a whole folder (added at once; subfolders become labels)",
-                                 elem_id="gallery-folder")
-                add_button = gr.Button("Add to my gallery", variant="primary", elem_id="add-button")
+                                 elem_id="gallery-folder", interactive=writable)
+                add_button = gr.Button("Add to my gallery", variant="primary", elem_id="add-button",
+                                       interactive=writable)
             with gr.Column(scale=3):
                 summary = gr.Markdown(elem_id="upload-summary")
         browse = gr.Gallery(label="Gallery (click to select)", elem_id="gallery-browser", columns=8, height=420,
@@ -38,18 +42,20 @@ class GalleryTab:
         with gr.Row():
             selected_note = gr.Markdown("Click an image to select it.", elem_id="selected-note")
             use_button = gr.Button("Use as query", elem_id="use-as-query")
-            remove_button = gr.Button("Remove selected", variant="stop", elem_id="remove-button")
-            reset_button = gr.Button("Reset to demo gallery", elem_id="reset-button")
+            remove_button = gr.Button("Remove selected", variant="stop", elem_id="remove-button",
+                                      interactive=writable)
+            reset_button = gr.Button("Reset to demo gallery" if not page.backend.named else
+                                     "Reset to the shared gallery", elem_id="reset-button", visible=writable)
         with gr.Accordion("Captions and tags (metadata for text search)", open=True, elem_id="metadata-panel"):
             with gr.Row():
                 caption = gr.Textbox(label="Caption of the selected image", elem_id="meta-caption", max_lines=2,
                                      interactive=True)
                 tags = gr.Textbox(label="Tags (separated by ;)", elem_id="meta-tags", max_lines=1, interactive=True)
-                save = gr.Button("Save caption and tags", elem_id="meta-save", scale=0)
+                save = gr.Button("Save caption and tags", elem_id="meta-save", scale=0, interactive=writable)
             with gr.Row():
                 meta_csv = gr.File(file_types=[".csv"], label="…or a CSV for many images: name,caption,tags",
                                    elem_id="meta-csv", height=120)
-                meta_import = gr.Button("Import CSV", elem_id="meta-import", scale=0)
+                meta_import = gr.Button("Import CSV", elem_id="meta-import", scale=0, interactive=writable)
             meta_note = gr.Markdown(elem_id="meta-note")
         self.listing = [browse, info, page.session, page.listed]
         self.queries = queries
@@ -73,7 +79,11 @@ class GalleryTab:
 
     def _listing(self, s) -> tuple:
         members = self.page.studio.members(s.collection)
-        return gallery_items(members), gallery_info(members, s.private)
+        backend = self.page.backend
+        shared = f"the shared gallery {code(backend.template)}" if backend.named else "the shared demo gallery"
+        items = gallery_items(members, LISTED)
+        return items, gallery_info(members, s.private, shared, self.page.read_only is not None,
+                                   len(items) if len(items) >= LISTED else None)
 
     @friendly
     def add_images(self, files, session=None, progress=gr.Progress(), request: gr.Request = None):
@@ -183,7 +193,7 @@ class GalleryTab:
 
     def select(self, session, evt: gr.SelectData, request: gr.Request = None):
         s = self.page.sessions.open(session, request)
-        members = [m for m in self.page.studio.members(s.collection) if m.path]
+        members = [m for m in self.page.studio.members(s.collection) if m.path][:LISTED]  # as listed
         skip_queries = (gr.skip(),) * len(self.queries)
         if s.note or not 0 <= evt.index < len(members):  # clicked in a gallery that changed meanwhile: show the new one
             return (None, *skip_queries, with_note(s, "Click an image to select it."), *self._listing(s), kept(s),

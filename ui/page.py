@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
+from retrieval import SearchConfig
 from retrieval.config import DEFAULT_BACKBONE
 from retrieval.service.jobs import Jobs
 
-from .backend import DEMO_DIR, Backend
+from .backend import Backend
+from .formatting import code
 from .sessions import Sessions
 from .widgets import PRIVATE
 
-EXAMPLES = ("cat/chelsea_crop.jpg", "coffee/coffee_flipped.jpg", "rocket/rocket_faded.jpg", "texture/gravel_crop.jpg",
-            "fashion-sneaker/fmnist-test-0009.png")
 CSS = """
 #results-gallery, #compare-a, #compare-b {min-height: 320px}
 .timing {font-size: 0.9em; opacity: 0.85}
@@ -52,6 +52,8 @@ class Page:
     examples: list[str]
     session: gr.State  # this tab's private gallery, or None for the shared demo (Studio.session decides)
     listed: gr.State  # the gallery the Gallery tab lists (same values as ``session``)
+    defaults: SearchConfig = field(default_factory=SearchConfig)  # the shared gallery's default search (Studio.search_defaults)
+    read_only: str | None = None  # why the shared gallery cannot be changed here (one line), or None
     jobs: Jobs = field(default_factory=Jobs)
     _relisting: list = field(default_factory=list)
 
@@ -74,16 +76,20 @@ def build(backend: Backend) -> gr.Blocks:
     fusion_costs = "".join(f" · {m['name']}: ≈ {m['cost']:.1f}× lite1 per image" for m in models
                            if m["ready"] and m.get("cost"))
     model_choices = ready or [DEFAULT_BACKBONE]
-    examples = [str(DEMO_DIR / p) for p in EXAMPLES if (DEMO_DIR / p).exists()]
+    examples = backend.examples()  # the demo's, or a few of the named gallery's own images
+    read_only = (f"Read-only: {code(backend.template)} is served from {backend.served_from}; uploads and removals are "
+                 "off here, since a private copy would load every vector into this process."
+                 if backend.read_only else None)
 
     with gr.Blocks(title="Image retrieval studio", delete_cache=(3600, 6 * 3600)) as ui:
-        page = Page(backend, Sessions(backend.studio, model_choices), model_choices, fusion_costs, examples,
-                    session=gr.State(None), listed=gr.State(None))
+        page = Page(backend, Sessions(backend.studio, model_choices, backend.template, read_only), model_choices,
+                    fusion_costs, examples, session=gr.State(None), listed=gr.State(None),
+                    defaults=backend.search_defaults(), read_only=read_only)
         gr.Markdown("# Image retrieval studio\nQuery a gallery with an image and see which images a CNN finds most "
                     "alike — under different backbones, poolings, metrics and re-rankings — with the numbers.")
         with gr.Row():
             status = gr.Markdown(backend.status(), elem_id="status")
-            controls = backend.settings.private_host  # on a shared server nobody stops the shared demo
+            controls = backend.settings.private_host and not backend.named  # nobody stops a shared demo
             stop = gr.Button("Stop indexing", size="sm", scale=0, elem_id="stop-indexing",
                              visible=controls and not backend.ready.is_set())
             resume = gr.Button("Resume indexing", size="sm", scale=0, elem_id="resume-indexing", visible=False)

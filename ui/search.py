@@ -35,9 +35,10 @@ class SearchTab:
                     self.text_weight = gr.Slider(0, 1, value=DEFAULT_TEXT_WEIGHT, step=0.05, label="Text weight (fuse)",
                                                  elem_id="text-weight")
             with gr.Column(scale=1):
-                self.backbone, self.pooling, self.metric, self.rerank = settings_block(page, "")
+                self.backbone, self.pooling, self.metric, self.rerank = settings_block(
+                    page, "", metric=page.defaults.metric, rerank=page.defaults.rerank)  # the shared gallery's
                 with gr.Row():
-                    self.whiten = gr.Radio(list(WHITENINGS), value=DEFAULT_WHITEN, label="Post-processing",
+                    self.whiten = gr.Radio(list(WHITENINGS), value=page.defaults.whiten, label="Post-processing",
                                            info="center: subtract the gallery mean · pca: PCA-whitening")
                     self.device = device_radio(page)
                     self.runtime = gr.Dropdown(list(RUNTIMES), value=page.backend.settings.runtime, label="Runtime",
@@ -117,8 +118,9 @@ class SearchTab:
         """The tab opens with the first example already answered: a visitor sees what the studio does at once."""
         if not self.page.examples:
             return (gr.skip(),) * 5
-        first = self.page.examples[0]
-        return (first, *self.search(first, session=session, request=request))
+        first, d = self.page.examples[0], self.page.defaults
+        return (first, *self.search(first, metric=d.metric, rerank=d.rerank, whiten=d.whiten, session=session,
+                                    request=request))
 
     def pick(self, hits, evt: gr.SelectData):
         """Remember the clicked result and offer what can be done with it."""
@@ -144,9 +146,9 @@ class SearchTab:
 
     def embedding_map(self, query, backbone, pooling, whiten, k, session=None, request: gr.Request = None):
         """The gallery in 2-D (PCA), coloured by label, with the query and its top k marked."""
-        if query is None:
-            return gr.ScatterPlot(visible=False), gr.skip()
         page = self.page
+        if query is None or page.read_only:  # a Milvus-served gallery is never loaded whole, not even for a map
+            return gr.ScatterPlot(visible=False), gr.skip()
         try:
             s = page.sessions.open(session, request)
             cfg, scfg = page.sessions.configs(s.collection, backbone, pooling, DEFAULT_METRIC, "none", whiten, k)

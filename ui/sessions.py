@@ -5,7 +5,10 @@ The rules, in one place:
 - a tab's first change (an upload, a removal, training) forks it into the
   tab's own copy-on-write gallery (``session-…``), visible to that tab only;
 - a gallery idle past the TTL is dropped; a tab that still names it gets a
-  fresh copy of the demo and a one-line note saying so.
+  fresh copy of the demo and a one-line note saying so;
+- with ``--gallery NAME`` the shared gallery is NAME instead of the demo; one
+  served from Milvus is never forked (a copy would be searched in process,
+  every vector loaded): a change is refused with a one-line reason.
 
 The service decides (``Studio.session``); this module only asks it with the
 tab's identity and turns the answer into what the page keeps and shows.
@@ -42,17 +45,23 @@ def with_note(s: Session, text: str) -> str:
 class Sessions:
     """The session rules over one Studio, and the backbones each session may pick."""
 
-    def __init__(self, studio, base_models: list[str]):
+    def __init__(self, studio, base_models: list[str], template: str = DEMO, read_only: str | None = None):
         self.studio = studio
         self.base_models = base_models
+        self.template = template  # the shared gallery every tab starts on
+        self.read_only = read_only  # why the shared gallery is never forked (one line), or None
 
     def open(self, current: str | None, request, writable: bool = False) -> Session:
-        return self.studio.session(owner_of(request), current, template=DEMO, prefix=SESSION_PREFIX,
+        if self.read_only:  # no tab ever gets a private gallery: every tab reads the shared one
+            if writable:
+                raise ServiceError(self.read_only)
+            current = None
+        return self.studio.session(owner_of(request), current, template=self.template, prefix=SESSION_PREFIX,
                                    writable=writable)
 
     def models(self, collection: str) -> list[str]:
-        """Ready backbones, plus the models trained on this session's gallery (or on the demo)."""
-        own = {collection, DEMO}
+        """Ready backbones, plus the models trained on this session's gallery (or on the shared one)."""
+        own = {collection, self.template}
         return self.base_models + [m["name"] for m in self.studio.adapted_models() if m["collection"] in own]
 
     def configs(self, collection: str, backbone: str, pooling: str, metric: str, rerank: str, whiten: str,

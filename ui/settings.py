@@ -21,3 +21,4 @@ class AppSettings:
     queue_size: int = 64  # requests waiting beyond this are refused with "queue full" instead of waiting forever
     where: str = ""  # one line on where this runs (a Space and its hardware), shown in the status
     private_host: bool = True  # one user (loopback, no share link, not a Space): may stop the demo's indexing
+    gallery: str | None = None  # the shared gallery every tab starts on (None: the built-in demo, indexed at start)

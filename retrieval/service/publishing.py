@@ -209,6 +209,16 @@ class Publisher:
                 {"milvus_ms": round(milvus_ms, 3), "rescore_ms": round(rescore_ms, 3), "candidates": float(len(ids))})
 
     # -- clients ------------------------------------------------------------------
+    def close(self) -> None:
+        """Let go of every Milvus: a Lite file is held by one process, until its client closes."""
+        with self._lock:
+            clients, self._clients, self._locks = self._clients, {}, {}
+        for client in clients.values():
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection is not the caller's problem
+                pass
+
     def _client(self, uri: str):
         with self._lock:
             client = self._clients.get(uri)

@@ -74,6 +74,7 @@ class Studio:
         self._insight = Insight(self._models, self._searcher, self.caches)
 
     def close(self) -> None:
+        self._searcher.publisher.close()
         self.store.close()
 
     @property

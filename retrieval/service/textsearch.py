@@ -87,6 +87,9 @@ class TextSearch:
         ``fuse`` ranks every image by ``(1 - weight) * image + weight * text`` (see ``metadata.fuse``)."""
         check_mode(mode)
         weight = check_weight(weight)
+        if self.searcher.served_by_milvus(ref, scfg):
+            raise ServiceError("an image with words ranks the whole gallery, which a Milvus-served gallery never "
+                               "loads: search by the image or by the words alone, or with index 'exact'")
         started = time.perf_counter()
         cfg = self.searcher.models.resolve(cfg)
         ranker, gallery = self.searcher.ranker(ref, cfg, scfg, progress)
