@@ -319,7 +319,11 @@ def cmd_index(args) -> int:
         report = part if report is None else report.merge(part)
     if bar is not None:
         bar.close()
-    published = studio.publish(args.collection, cfg, to=args.milvus_uri) if args.milvus_uri else None
+    published = None
+    if args.milvus_uri or args.index == "milvus":
+        if args.milvus_uri is None and studio.served_by(args.collection) is None:
+            raise ValueError("--index milvus needs --milvus-uri URI the first time")
+        published = studio.publish(args.collection, cfg, to=args.milvus_uri)
     if args.json:
         _print_json({**report.to_json(), **({"published": published.to_json()} if published else {})})
         return 0
@@ -474,11 +478,15 @@ def cmd_remove(args) -> int:
 def cmd_collections(args) -> int:
     studio = _studio(args)
     rows = studio.collections()
+    served = {c.name: studio.served_by(c.name) for c in rows}
     if args.json:
-        _print_json([c.__dict__ for c in rows])
+        _print_json([{**c.__dict__, "served_by": served[c.name]} for c in rows])
         return 0
+    from .milvus import describe
+
     for c in rows:
-        print(f"{c.name:<24} {c.images:>7} images  {c.labelled:>7} labelled  {c.labels:>4} labels")
+        where = f"  served by {describe(served[c.name]['uri'])}" if served[c.name] else ""
+        print(f"{c.name:<24} {c.images:>7} images  {c.labelled:>7} labelled  {c.labels:>4} labels{where}")
     return 0
 
 

@@ -8,6 +8,7 @@ Like every command, each is one ``Studio`` call plus printing.
 from __future__ import annotations
 
 import argparse
+import os
 
 from .distributed import AUTO_THRESHOLD, ENGINES, RayOptions
 
@@ -16,11 +17,12 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("large galleries (the scale extra: pip install -r requirements-scale.txt)")
     g.add_argument("--engine", default="auto", choices=ENGINES,
                    help=f"where embeddings are computed: in-process, ray (Ray Data actors, one model copy each; "
-                        f"vectors also kept as Parquet shards), or auto (ray from {AUTO_THRESHOLD:,} files on, when "
-                        f"Ray is installed; default)")
-    g.add_argument("--ray-address", default=None, metavar="auto|ray://HOST:PORT",
+                        f"vectors also kept as Parquet shards), or auto (default: ray only for a cluster, "
+                        f"--ray-address or $RAY_ADDRESS, from {AUTO_THRESHOLD:,} files on; else in-process)")
+    g.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None, metavar="auto|ray://HOST:PORT",
                    help="the Ray cluster to run on: 'auto' (the one this machine belongs to) or ray://HOST:10001 "
-                        "(default: a private Ray on this machine); its nodes need this project installed")
+                        "(default: $RAY_ADDRESS, else a private Ray on this machine); its nodes need this project "
+                        "installed")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="N",
                    help="GPUs per Ray actor (one model copy each), e.g. 1 for one copy per GPU "
                         "(default: 0, CPU actors)")
@@ -32,6 +34,9 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
                    help="where a Ray run writes its Parquet shards (sha256, name, label, size, config, vector), "
                         "and where earlier runs' vectors are looked up first (default: DB.shards/ beside the "
                         "database); any index can be rebuilt from them")
+    g.add_argument("--index", default="auto", choices=("auto", "milvus"),
+                   help="milvus: serve this collection's searches from Milvus (published after indexing; "
+                        "--milvus-uri the first time); auto: leave it as it is (default)")
     g.add_argument("--milvus-uri", default=None, metavar="URI",
                    help="also publish the collection to Milvus and serve its searches from there: a Milvus Lite "
                         "file (*.db), http://HOST:19530 (a Lite server or a cluster); see 'publish'")

@@ -24,14 +24,15 @@ import numpy as np
 from .config import ExtractorConfig
 from .settings import Limits
 
-# ``--engine auto`` takes Ray from this many images to embed on. Measured on
-# the 2-core machine (benchmarks/distributed.py, docs/distributed.md): a local
-# Ray costs a fixed start-up of actors and model loads, and on one machine it
-# can only share the same cores, so it never wins there; on a cluster it wins
-# once the start-up is small next to the work, which at one node's ~20-40
-# images/s is a few thousand images.
+# ``--engine auto`` takes Ray only for a cluster (``--ray-address`` or
+# $RAY_ADDRESS) and from this many files on. A private Ray on one machine
+# shares that machine's cores with nothing gained and pays a fixed start-up
+# (Ray, actors, one model load each): benchmarks/distributed.py measures it
+# (docs/distributed.md); on a cluster of N such nodes Ray wins once
+# n > start-up x per-node rate x N / (N - 1).
 AUTO_THRESHOLD = 20_000
-ENGINES = ("in-process", "ray", "auto")  # auto: Ray from AUTO_THRESHOLD files on, when it is installed
+ENGINES = ("in-process", "ray", "auto")  # auto: Ray for a cluster, from AUTO_THRESHOLD files on
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -74,7 +75,8 @@ def start(options: RayOptions):
     for name in ("ray", "ray.data"):  # the driver reports progress itself
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        ray.init(address=options.address, num_cpus=options.num_cpus if options.address is None else None,
+        # "local": a private Ray even where $RAY_ADDRESS names a cluster (which ray.init would join)
+        ray.init(address=options.address or "local", num_cpus=options.num_cpus if options.address is None else None,
                  runtime_env=env or None, include_dashboard=False, log_to_driver=False, logging_level="error",
                  configure_logging=True)
         import ray.data
@@ -171,3 +173,8 @@ def extract(items: list[dict], cfg: ExtractorConfig, dim: int, out: str, options
     embedded.write_parquet(out)
     return {"actors": actors, "cpus_per_actor": cpus, "gpus_per_actor": gpus,
             "address": options.address or "local", "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
+
+
+def cluster_address(options: RayOptions | None) -> str | None:
+    """The cluster ``auto`` may use: the one asked for, else $RAY_ADDRESS; None on a lone machine."""
+    return (options.address if options is not None else None) or os.environ.get("RAY_ADDRESS") or None

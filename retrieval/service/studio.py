@@ -9,6 +9,7 @@ names a collection counts as use of it (idle cleanup spares it).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 from ..adapt import AdaptConfig, BatchCallback, EpochCallback
 from ..backbones import Backbone
 from ..config import ExtractorConfig, SearchConfig
-from ..distributed import AUTO_THRESHOLD, RayOptions
+from ..distributed import AUTO_THRESHOLD, RayOptions, cluster_address
 from ..evaluation import EvalReport
 from ..extract import default_workers
 from ..files import SourceFile
@@ -122,8 +123,9 @@ class Studio:
 
         ``engine``: ``in-process``, ``ray`` (``ray`` options say where; the
         vectors are also kept as Parquet shards under ``shards``, by default
-        beside the database), or ``auto`` (Ray from
-        ``distributed.AUTO_THRESHOLD`` files on, when it is installed).
+        beside the database), or ``auto`` (Ray only for a cluster, given in
+        ``ray.address`` or $RAY_ADDRESS, and from ``distributed.AUTO_THRESHOLD``
+        files on; a lone machine always indexes in process).
         """
         source = Path(folder)
         manifest = source.suffix == ".parquet" and source.is_file()
@@ -140,8 +142,10 @@ class Studio:
             report = self._bulk.index(source, ref, cfg, ray or RayOptions(), shards, labels_csv, progress)
         else:
             files, skipped, _ = self._bulk.sources(source, labels_csv)
-            if engine == "auto" and len(files) >= AUTO_THRESHOLD and ray_available():
-                report = self._bulk.index(source, ref, cfg, ray or RayOptions(), shards, labels_csv, progress)
+            cluster = cluster_address(ray)
+            if engine == "auto" and len(files) >= AUTO_THRESHOLD and cluster and ray_available():
+                options = dataclasses.replace(ray or RayOptions(), address=cluster)
+                report = self._bulk.index(source, ref, cfg, options, shards, labels_csv, progress)
             else:
                 report = self._indexer.add(files, ref, cfg, progress)
                 report.skipped = skipped + report.skipped
