@@ -15,7 +15,7 @@ each engine's fixed cost directly; a line through the larger sizes gives
 its rate.
 
     flock /tmp/bench.lock env -u OPENBLAS_CORETYPE python -m benchmarks.distributed \\
-        --photos /tmp/photoset10k --build 10000 --sizes 32,1000,10000
+        --photos /tmp/photoset10k --build 10000 --sizes 32,1000,10000 --fmnist 50000
 """
 
 from __future__ import annotations
@@ -105,9 +105,10 @@ def markdown(result: dict) -> str:
              f"alpha, WebP), default model `{result['config']}`. Each row is one `index` command: fresh database, "
              "model loaded, converted model cached on disk; Ray rows include starting a private Ray, its actors "
              "and their model loads, and shutting it down.", "",
-             "| files | engine | seconds | img/s | actors | runtime |", "| ---: | --- | ---: | ---: | ---: | --- |"]
+             "| files | set | engine | seconds | img/s | actors | runtime |",
+             "| ---: | --- | --- | ---: | ---: | ---: | --- |"]
     for r in result["rows"]:
-        lines.append(f"| {r['n']:,} | {r['engine']} | {r['seconds']:.1f} | {r['img_per_s']:.1f} | "
+        lines.append(f"| {r['n']:,} | {r['set']} | {r['engine']} | {r['seconds']:.1f} | {r['img_per_s']:.1f} | "
                      f"{r['actors'] or '-'} | {r['runtime']} |")
     f = result["fit"]
     lines += ["", "| engine | fixed cost (32 files), s | rate between the two largest sizes, img/s |",
@@ -135,6 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--build", type=int, default=None, help="build (or reuse) a photoset of this many files first")
     p.add_argument("--sizes", default="32,1000,10000", help="comma-separated numbers of files")
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="the private Ray's CPUs")
+    p.add_argument("--fmnist", type=int, default=0,
+                   help="also this many Fashion-MNIST training PNGs (28x28: the model-bound extreme, not what "
+                        "users bring; reported apart, not used for the fit)")
     p.add_argument("--out", default="distributed", help="docs/OUT.json and docs/OUT.md")
     a = p.parse_args(argv)
     if a.build:
@@ -154,7 +158,18 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
             shutil.rmtree(folder)
-    f = fit(rows)
+        for row in rows:
+            row["set"] = "photos"
+        if a.fmnist:
+            from .fashion_mnist import load, write_folder
+
+            images, labels = load("train", a.fmnist)
+            folder = write_folder(scratch / f"fmnist{a.fmnist}", images, labels)
+            for engine in ("ray", "in-process"):
+                row = {**run(engine, folder, scratch, a.cpus), "set": "fashion-mnist"}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    f = fit([r for r in rows if r["set"] == "photos"])
     result = {"command": "python -m benchmarks.distributed " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "
                          f"{os.getloadavg()[0]:.1f} at the end",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,10 +72,18 @@ def connect(uri: str, token: str | None = None, timeout: float = 10.0):
     # pymilvus logs every failure with a traceback before raising it; we turn it into one line instead
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     uri = normalize_uri(uri)
-    try:
-        return MilvusClient(uri=uri, token=token or "", timeout=timeout)
-    except Exception as exc:  # pymilvus raises its own types, and grpc's or OSError underneath
-        raise MilvusUnavailable(f"cannot reach {describe(uri)}: {_first_line(exc)}") from None
+    server = "://" in uri
+    if not server:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(3 if server else 1):
+        try:
+            return MilvusClient(uri=uri, token=token or "", timeout=timeout)
+        except Exception as exc:  # pymilvus raises its own types, and grpc's or OSError underneath
+            # A server may have just closed an idle shared connection (a Lite server sends GOAWAY on
+            # pymilvus' keep-alive pings); the next attempt opens a new one. Twice, then say why.
+            if attempt == (2 if server else 0):
+                raise MilvusUnavailable(f"cannot reach {describe(uri)}: {_first_line(exc)}") from None
+            time.sleep(0.5)
 
 
 def _first_line(exc: Exception) -> str:
@@ -142,7 +151,9 @@ class MilvusIndex:
             self.client.delete(self.name, ids=ids[start:start + 10_000])
 
     def count(self) -> int:
-        return int(self.client.get_collection_stats(self.name).get("row_count", 0))
+        """Rows now (a strong count(*): a cluster's row statistics include deleted rows until compaction)."""
+        rows = self.client.query(self.name, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
 
     def search(self, queries: np.ndarray, limit: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Per query: (candidate image ids, their stored vectors), best inner product first."""

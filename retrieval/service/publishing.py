@@ -65,7 +65,9 @@ class Publisher:
         self.store, self.models, self.indexer = store, models, indexer
         self._clients: dict[str, object] = {}
         self._locks: dict[str, threading.Lock] = {}  # one call at a time per Milvus (Lite files need it)
-        self._synced: dict[tuple[int, int], int] = {}  # (collection, config) -> generation Milvus matches
+        # (collection, config) -> (uri, Milvus collection, generation) Milvus was last made to match: another
+        # Studio or process may move the gallery to another Milvus without changing its generation
+        self._synced: dict[tuple[int, int], tuple[str, str, int]] = {}
         self._lock = threading.Lock()
 
     # -- where a gallery is served ------------------------------------------------
@@ -82,6 +84,8 @@ class Publisher:
         current = self.store.vector_index(ref.id)
         if current is not None and current["uri"] == uri:
             return current
+        if current is not None:  # moved: the old copy would be stale and nothing would point at it
+            self.forget(ref.id, current)
         name = milvus.base_name(ref.name, secrets.token_hex(4))
         try:
             self.store.set_vector_index(ref.id, "milvus", uri, name)
@@ -138,7 +142,7 @@ class Publisher:
             client = self._client(uri)
             with self._locks[uri]:
                 index = MilvusIndex.open(client, name, dim)
-                if self._synced.get((ref.id, config_id)) == generation and shards is None:
+                if self._synced.get((ref.id, config_id)) == (uri, name, generation) and shards is None:
                     return index, Published(ref.name, name, milvus.describe(uri), 0, 0, index.count())
                 self.indexer.ensure(ref, cfg, progress)
                 started = time.perf_counter()
@@ -152,7 +156,7 @@ class Publisher:
         except Exception as exc:  # a server that fails mid-way: one line, nothing half-believed
             raise ServiceError(f"{milvus.describe(uri)} failed: {str(exc).splitlines()[0][:300]}") from None
         with self._lock:
-            self._synced[(ref.id, config_id)] = generation
+            self._synced[(ref.id, config_id)] = (uri, name, generation)
         return index, Published(ref.name, name, milvus.describe(uri), added, removed, total, from_shards,
                                 round(time.perf_counter() - started, 3))
 
@@ -198,8 +202,10 @@ class Publisher:
         except Exception as exc:
             raise ServiceError(f"{milvus.describe(uri)} failed: {str(exc).splitlines()[0][:300]}") from None
         milvus_ms = (time.perf_counter() - started) * 1000.0
-        if not len(ids):
-            return ids, np.zeros(0, np.float32), {"milvus_ms": round(milvus_ms, 3)}
+        if not len(ids):  # as the in-process search says it
+            if not self.store.members(ref.id):
+                raise ServiceError(f"the gallery {ref.name!r} has no images yet: add some first")
+            raise ServiceError(f"no image of the gallery {ref.name!r} could be read for {cfg.label}")
         order = np.argsort(ids, kind="stable")  # ties go to the lower image id, as in exact search
         ids, vectors = ids[order], vectors[order]
         started = time.perf_counter()
