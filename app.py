@@ -19,7 +19,7 @@ expired gets a fresh copy of the demo and a one-line note saying so.
 with ``python -m retrieval index FOLDER --collection NAME``; the demo is then
 not indexed). A gallery served from Milvus is read-only here: a private copy
 would be searched in process, loading every vector, so uploads and removals
-are off, Compare (which ranks the whole gallery) is off, and searches default
+are off, Compare and Evaluate (which rank the whole gallery) are off, and searches default
 to what Milvus can rank with (``Studio.search_defaults``).
 """
 
@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", default=os.environ.get("RETRIEVAL_GALLERY") or None, metavar="NAME",
                    help="serve this gallery of the database instead of the built-in demo (or RETRIEVAL_GALLERY); "
                         "it must exist (python -m retrieval index FOLDER --collection NAME). One served from "
-                        "Milvus is read-only in the app")
+                        "Milvus is read-only in the app. Every folder holding its images is served, so that results "
+                        "show: with --share or a non-loopback --host, any other file in those folders can be "
+                        "downloaded too (a warning at start says how many folders)")
     return p
 
 
@@ -106,6 +108,28 @@ def _where(where, folder) -> str:
     return where.describe()
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def exposure_warning(settings: AppSettings, folders: list[str]) -> str | None:
+    """One line when ``--gallery`` serves its image folders beyond this machine (``--share`` or a public host),
+    since Gradio then serves any file in them, not only the gallery's images; None otherwise."""
+    if not settings.gallery or not folders or not (settings.share or not _loopback(settings.host)):
+        return None
+    reach = "a public --share link" if settings.share else f"host {settings.host}"
+    return (f"warning: --gallery {settings.gallery} serves {len(folders)} image folder"
+            f"{'' if len(folders) == 1 else 's'} on {reach}: any file in them can be downloaded, not only the "
+            "gallery's images")
+
+
 def _prepare_environment(settings: AppSettings) -> None:
     """Before Gradio is imported: no outside calls, uploads inside the data folder."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -137,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     if missing:  # one line, no traceback, before Gradio is even imported
         backend.studio.close()
         sys.exit(f"error: {missing}")
+    warning = exposure_warning(settings, backend.gallery_folders())
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     backend.start()  # the model loads while Gradio imports: the first query after the page is up is quick
     import gradio as gr
 

@@ -170,7 +170,11 @@ def extract(items: list[dict], cfg: ExtractorConfig, dim: int, out: str, options
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus,
         num_gpus=gpus or None,
         fn_constructor_kwargs={"cfg": asdict(cfg), "dim": dim, "options": asdict(options), "limits": asdict(limits)})
-    embedded.write_parquet(out)
+    try:
+        embedded.write_parquet(out)
+    except ray.exceptions.RayError as exc:  # a worker without this project, a model failure, out of memory
+        cause = getattr(exc, "cause", None) or exc
+        raise RuntimeError(f"the Ray job failed: {type(cause).__name__}: {_first_line(cause)}") from None
     return {"actors": actors, "cpus_per_actor": cpus, "gpus_per_actor": gpus,
             "address": options.address or "local", "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
 
@@ -178,3 +182,8 @@ def extract(items: list[dict], cfg: ExtractorConfig, dim: int, out: str, options
 def cluster_address(options: RayOptions | None) -> str | None:
     """The cluster ``auto`` may use: the one asked for, else $RAY_ADDRESS; None on a lone machine."""
     return (options.address if options is not None else None) or os.environ.get("RAY_ADDRESS") or None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(exc).__name__

@@ -14,6 +14,7 @@ imported only here.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,37 +75,74 @@ def table(rows: list[ShardRow], dim: int):
                     schema=schema(dim))
 
 
-def _dataset(where: str | Path):
+def folder_for(root: str, config_key: str) -> str:
+    """One folder per configuration under a shards root: its vectors have their own length, and
+    Parquet datasets want one schema (a model name to read, a digest so keys never collide)."""
+    backbone = "".join(c if c.isalnum() or c in "-_" else "_" for c in config_key.split("|")[0])[:60]
+    return f"{str(root).rstrip('/')}/{backbone}-{hashlib.sha256(config_key.encode()).hexdigest()[:12]}"
+
+
+def _exists(where: str) -> bool:
+    return "://" in where or Path(where).exists()
+
+
+def _dataset(where: str | Path, config_key: str | None):
+    """A folder, a file or a URI; a shards root is narrowed to the configuration's own folder."""
     import pyarrow.dataset as ds
 
     where = str(where)
-    if "://" not in where and not Path(where).exists():
+    if config_key is not None and _exists(folder_for(where, config_key)):
+        where = folder_for(where, config_key)
+    if not _exists(where):
         raise FileNotFoundError(f"no shards at {where}")
-    return ds.dataset(where, format="parquet")
+    try:
+        return ds.dataset(where, format="parquet")
+    except (OSError, ValueError) as exc:  # pyarrow's own errors derive from these
+        raise ValueError(f"cannot read shards at {where}: {str(exc).splitlines()[0][:300]}") from None
 
 
 def read(where: str | Path, config_key: str | None = None, columns: tuple[str, ...] = COLUMNS,
-         batch_rows: int = 4096) -> Iterator[list[ShardRow]]:
-    """Shard rows in batches, optionally only one configuration's; a folder, a file or a URI."""
+         batch_rows: int = 4096, hashes: set[str] | None = None) -> Iterator[list[ShardRow]]:
+    """Shard rows in batches, optionally one configuration's and some contents' only.
+
+    Columns left out of ``columns`` read as empty (``vector`` as None):
+    looking contents up reads hashes, not 5 KB vectors.
+    """
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
-    dataset = _dataset(where)
+    dataset = _dataset(where, config_key)
     flt = ds.field("config_key") == config_key if config_key is not None else None
-    for batch in dataset.to_batches(columns=list(COLUMNS), filter=flt, batch_size=batch_rows):
+    if hashes is not None:
+        wanted = ds.field("sha256").isin(pa.array(sorted(hashes), pa.string()))
+        flt = wanted if flt is None else flt & wanted
+    names = [c for c in COLUMNS if c in columns]
+    for batch in dataset.to_batches(columns=names, filter=flt, batch_size=batch_rows):
         data = batch.to_pydict()
-        vec = batch.column(COLUMNS.index("vector"))
-        dim = vec.type.list_size
-        flat = vec.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        # flatten() drops null lists, so walk the validity to place the rows that have one
-        valid = np.asarray(vec.is_valid().to_numpy(zero_copy_only=False), bool)
-        at = np.cumsum(valid) - 1
-        out = []
-        for i in range(batch.num_rows):
-            vector = flat[at[i] * dim:(at[i] + 1) * dim].copy() if valid[i] else None
-            out.append(ShardRow(data["sha256"][i], data["name"][i], data["label"][i], data["width"][i] or 0,
-                                data["height"][i] or 0, data["nbytes"][i] or 0, data["config_key"][i], vector,
-                                data["error"][i], data["worker"][i] or "", data["runtime"][i] or ""))
-        yield out
+        vectors = _vectors(batch.column(names.index("vector"))) if "vector" in names else [None] * batch.num_rows
+        yield [_row(data, i, vectors[i]) for i in range(batch.num_rows)]
+
+
+def _row(data: dict, i: int, vector: np.ndarray | None) -> ShardRow:
+    """Row ``i`` of a batch read as columns; a column not read takes its empty value."""
+    def get(name: str, default=None):
+        value = data[name][i] if name in data else None
+        return default if value is None else value
+
+    return ShardRow(get("sha256"), get("name", ""), get("label"), get("width", 0), get("height", 0), get("nbytes", 0),
+                    get("config_key", ""), vector, get("error"), get("worker", ""), get("runtime", ""))
+
+
+def _vectors(column) -> list[np.ndarray | None]:
+    """A fixed-size-list column -> one array per row, None where the row has no vector.
+
+    ``flatten()`` drops null lists, so the validity says where each row's values begin.
+    """
+    dim = column.type.list_size
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)
+    at = np.cumsum(valid) - 1
+    return [flat[at[i] * dim:(at[i] + 1) * dim].copy() if valid[i] else None for i in range(len(valid))]
 
 
 def vectors_by_hash(where: str | Path, config_key: str, hashes: set[str]) -> dict[str, np.ndarray]:
@@ -116,12 +154,15 @@ def known(where: str | Path, config_key: str, hashes: set[str]) -> dict[str, tup
     """What the shards know of some contents: (vector, None), or (None, why it could not be used).
 
     A vector wins over an error for the same content (a later run may have
-    read a file an earlier one could not).
+    read a file an earlier one could not). Hashes are looked up first and
+    vectors read only for the contents found.
     """
+    if not hashes:
+        return {}
     found: dict[str, tuple[np.ndarray | None, str | None]] = {}
-    for rows in read(where, config_key):
+    for rows in read(where, config_key, ("sha256", "config_key", "vector", "error"), hashes=hashes):
         for r in rows:
-            if r.sha256 in hashes and (r.vector is not None or r.sha256 not in found):
+            if r.vector is not None or r.sha256 not in found:
                 found[r.sha256] = (r.vector, None if r.vector is not None else r.error)
     return found
 

@@ -527,14 +527,25 @@ class Store:
                   "vector": np.ascontiguousarray(v, dtype=np.float32).tobytes(), "added": now}
                  for sha, v in vectors.items()), replace=True)
 
-    def _members_where(self, where: str, params: list) -> list[Member]:
+    def _members_where(self, where: str, params: list, limit: int = -1) -> list[Member]:
         return [Member(*row) for row in self.db.execute(
             f"""SELECT i.id, i.sha256, m.name, m.path, m.label, i.width, i.height
-                FROM members m JOIN images i ON i.id = m.image_id WHERE {where} ORDER BY m.rowid""", params)]
+                FROM members m JOIN images i ON i.id = m.image_id WHERE {where} ORDER BY m.rowid LIMIT ?""",
+            [*params, limit])]
 
-    def members(self, collection_id: int) -> list[Member]:
+    def members(self, collection_id: int, limit: int | None = None) -> list[Member]:
         with self._lock:
-            return self._members_where("m.collection_id = ?", [collection_id])
+            return self._members_where("m.collection_id = ?", [collection_id], -1 if limit is None else int(limit))
+
+    def member_by_key(self, collection_id: int, key: str) -> Member | None:
+        """The first member (in the order added) whose name, stored path or sha256 is ``key``."""
+        with self._lock:
+            found = self._members_where("m.collection_id = ? AND (m.name = ? OR m.path = ? OR i.sha256 = ?)",
+                                        [collection_id, key, key, key], 1)
+        return found[0] if found else None
+
+    def count_members(self, collection_id: int) -> int:
+        return self._read("SELECT COUNT(*) FROM members WHERE collection_id = ?", [collection_id])[0][0]
 
     def missing_embeddings(self, collection_id: int, config_id: int) -> list[Member]:
         rows = self._read(

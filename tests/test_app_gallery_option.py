@@ -52,6 +52,28 @@ def test_every_app_argument_has_help_and_gallery_reads_its_env(monkeypatch, tmp_
     assert app.parse_args(["--gallery", "mine"]).gallery == "mine"  # the flag wins
 
 
+def test_serving_the_gallerys_folders_beyond_this_machine_is_warned_about(monkeypatch, tmp_path):
+    import app
+
+    gallery = next(a for a in app.build_parser()._actions if "--gallery" in a.option_strings)
+    assert "--share" in gallery.help and "downloaded" in gallery.help
+    monkeypatch.setenv("RETRIEVAL_DATA_DIR", str(tmp_path))
+    for name in ("RETRIEVAL_GALLERY", "GRADIO_SERVER_NAME", "SYSTEM", "SPACE_ID"):  # the defaults: loopback
+        monkeypatch.delenv(name, raising=False)
+    folders = ["/photos/cat", "/photos/dog"]
+
+    def warning(*argv):
+        return app.exposure_warning(app.parse_args(list(argv)), folders)
+
+    assert warning("--gallery", "mine") is None  # loopback, no link: this machine only
+    assert warning("--gallery", "mine", "--host", "::1") is None
+    assert warning("--host", "0.0.0.0") is None  # the demo: no outside folders
+    shared = warning("--gallery", "mine", "--share")
+    assert shared.startswith("warning: ") and "2 image folders" in shared and "\n" not in shared, shared
+    public = warning("--gallery", "mine", "--host", "0.0.0.0")
+    assert "2 image folders" in public and "0.0.0.0" in public, public
+
+
 # -- the real app on a Milvus-served gallery -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
@@ -206,6 +228,12 @@ def test_the_milvus_gallery_is_read_only_and_compare_says_why(page, app_on_mine)
     off.wait_for(state="visible")
     assert "Compare is off" in off.inner_text()
     assert page.locator("#compare-button").is_disabled()
+    page.get_by_role("tab", name="Evaluate").click()
+    off = page.locator("#eval-off")
+    off.wait_for(state="visible")
+    assert "Evaluate is off" in off.inner_text() and "Milvus Lite file" in off.inner_text()
+    assert page.locator("#eval-button").is_disabled()
+    assert "labelled images" not in page.locator("#eval-hint").inner_text()  # no member was read for it
     # no tab was forked into a private in-process copy
     from retrieval.store import Store
 

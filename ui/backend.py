@@ -30,6 +30,7 @@ DEMO_DIR = HERE / "assets" / "demo"
 DEMO_EXAMPLES = ("cat/chelsea_crop.jpg", "coffee/coffee_flipped.jpg", "rocket/rocket_faded.jpg",
                  "texture/gravel_crop.jpg", "fashion-sneaker/fmnist-test-0009.png")
 EXAMPLES = 5  # a named gallery's examples: its first readable images, one per label first
+EXAMPLE_POOL = EXAMPLES * 40  # ...picked among its first this many members: a huge gallery is not walked whole
 
 
 class Backend:
@@ -72,9 +73,11 @@ class Backend:
             return (f"no gallery named {name!r} in {db}: create it with "
                     f"python -m retrieval index FOLDER --collection {shlex.quote(name)} --db {shlex.quote(str(db))}")
         self.served = self.studio.served_by(name)
-        members = [m for m in self.studio.members(name) if m.path]
-        self._folders = _folders(m.path for m in members)
-        self._examples = _examples(members)
+        # Examples come from the first few members only: a gallery served from Milvus may hold millions.
+        self._examples = _examples([m for m in self.studio.members(name, limit=EXAMPLE_POOL) if m.path])
+        # The folders must cover every member, or results from the others would not show; read once, at start-up.
+        # (The engine has no folders-only query yet: this still reads every member's row, once.)
+        self._folders = _folders(m.path for m in self.studio.members(name) if m.path)
         return None
 
     @property
@@ -270,7 +273,7 @@ def _folders(paths) -> list[str]:
 def _examples(members) -> list[str]:
     """Up to ``EXAMPLES`` readable images of the gallery, one per label before a second of any."""
     first, rest, seen = [], [], set()
-    for m in members[:EXAMPLES * 40]:  # a huge gallery is not walked file by file
+    for m in members[:EXAMPLE_POOL]:  # a huge gallery is not walked file by file
         if len(first) >= EXAMPLES:
             break
         if not os.access(m.path, os.R_OK) or not os.path.isfile(m.path):

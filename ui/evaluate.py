@@ -34,6 +34,12 @@ HEAVY = "heavy"  # evaluation and training share one slot: one at a time on a sm
 class EvaluateTab:
     def __init__(self, page):
         self.page = page
+        # Evaluation ranks every labelled image against the whole gallery, which a Milvus-served one never loads
+        # here: said up front, the button off, rather than every vector loaded after a click (as Compare does).
+        off = page.read_only is not None
+        gr.Markdown(f"**Evaluate is off for this gallery:** it ranks the whole gallery, which a gallery served "
+                    f"from {page.backend.served_from} never loads into this process.",
+                    elem_id="eval-off", visible=off)
         hint = gr.Markdown(elem_id="eval-hint")
         with gr.Row():
             default = DEFAULT_BACKBONE if DEFAULT_BACKBONE in page.model_choices else page.model_choices[0]
@@ -52,7 +58,7 @@ class EvaluateTab:
         metadata = gr.Checkbox(False, label="Add a “metadata only” row: captions and tags ranked by BM25, scored "
                                "like a backbone (where the gallery has them)", elem_id="eval-metadata")
         with gr.Row():
-            button = gr.Button("Evaluate", variant="primary", elem_id="eval-button")
+            button = gr.Button("Evaluate", variant="primary", elem_id="eval-button", interactive=not off)
             cancel = gr.Button("Cancel", variant="stop", elem_id="eval-cancel")
         note = gr.Markdown(elem_id="eval-note")
         table = gr.Dataframe(label="Metrics", elem_id="eval-table", interactive=False)
@@ -70,7 +76,8 @@ class EvaluateTab:
             [table, curve, classes, exports, note, page.session], api_name="evaluate",
             concurrency_limit=1, concurrency_id=HEAVY))
         cancel.click(self.cancel, None, note, queue=False, **PRIVATE)
-        gr.context.Context.root_block.load(self.on_load, [page.session], [hint, queries], **PRIVATE)
+        if not off:  # the hint reads every member's label: not for a gallery that may hold millions
+            gr.context.Context.root_block.load(self.on_load, [page.session], [hint, queries], **PRIVATE)
 
     @friendly_stream
     def evaluate(self, backbones, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK, whiten=DEFAULT_WHITEN,
@@ -79,6 +86,9 @@ class EvaluateTab:
         """Evaluate one or more backbones on the labelled gallery: leave-one-out, or held-out queries
         (another gallery by name, or a zip of labelled subfolders) that are never gallery members."""
         page = self.page
+        if page.read_only is not None:  # the API too: the button is off, and the engine would load every vector
+            raise gr.Error("Evaluate is off for this gallery: it ranks the whole gallery, which a gallery served "
+                           f"from {page.backend.served_from} never loads into this process.")
         page.backend.wait()
         backbones = [backbones] if isinstance(backbones, str) else list(backbones or [DEFAULT_BACKBONE])
         s = page.sessions.open(session, request)

@@ -83,14 +83,17 @@ def gallery_items(members, limit: int | None = None) -> list[tuple[str, str]]:
 
 
 def gallery_info(members, private: bool, shared: str = "the shared demo gallery",
-                 read_only: bool = False, shown: int | None = None) -> str:
-    """``shared``: what the shared gallery is called; ``read_only``: it is never copied (Milvus-served);
-    ``shown``: how many of the members the page lists, when not all of them."""
-    labels = {m.label for m in members if m.label}
+                 read_only: bool = False, total: int | None = None) -> str:
+    """``members``: those the page lists (the first ones, for a big gallery); ``total``: how many the gallery
+    holds (``Studio.count``), when that may be more; ``shared``: what the shared gallery is called;
+    ``read_only``: it is never copied (Milvus-served)."""
+    total = len(members) if total is None else total
+    labels = len({m.label for m in members if m.label})
     owner = ("your private gallery" if private else
              f"{shared} (read-only)" if read_only else f"{shared} (read-only: changes make your own copy)")
-    listed = f" (the first {shown} shown)" if shown is not None and shown < len(members) else ""
-    return f"**{len(members)} images**{listed}, {len(labels)} labels — {owner}."
+    if total > len(members):  # the labels of the listed ones only: counting all of them would read every row
+        return f"**{total} images** (the first {len(members)} shown, with {labels} labels) — {owner}."
+    return f"**{total} images**, {labels} labels — {owner}."
 
 
 def upload_summary(report) -> str:

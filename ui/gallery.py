@@ -77,13 +77,18 @@ class GalleryTab:
                            api_name="reset")
         gr.context.Context.root_block.load(self.refresh, [page.session], self.listing, **PRIVATE)
 
+    def _listed(self, collection: str) -> list:
+        """The first ``LISTED`` members (insertion order), as the tab lists them: ``select`` maps a click into
+        this same list. Never the whole gallery: a gallery served from Milvus may hold millions."""
+        return self.page.studio.members(collection, limit=LISTED)
+
     def _listing(self, s) -> tuple:
-        members = self.page.studio.members(s.collection)
+        members = self._listed(s.collection)
         backend = self.page.backend
         shared = f"the shared gallery {code(backend.template)}" if backend.named else "the shared demo gallery"
-        items = gallery_items(members, LISTED)
-        return items, gallery_info(members, s.private, shared, self.page.read_only is not None,
-                                   len(items) if len(items) >= LISTED else None)
+        total = self.page.studio.count(s.collection)  # a COUNT, not the rows
+        return gallery_items(members), gallery_info(members, s.private, shared, self.page.read_only is not None,
+                                                    total)
 
     @friendly
     def add_images(self, files, session=None, progress=gr.Progress(), request: gr.Request = None):
@@ -193,7 +198,7 @@ class GalleryTab:
 
     def select(self, session, evt: gr.SelectData, request: gr.Request = None):
         s = self.page.sessions.open(session, request)
-        members = [m for m in self.page.studio.members(s.collection) if m.path][:LISTED]  # as listed
+        members = [m for m in self._listed(s.collection) if m.path]  # as listed (gallery_items keeps these)
         skip_queries = (gr.skip(),) * len(self.queries)
         if s.note or not 0 <= evt.index < len(members):  # clicked in a gallery that changed meanwhile: show the new one
             return (None, *skip_queries, with_note(s, "Click an image to select it."), *self._listing(s), kept(s),

@@ -153,8 +153,12 @@ class Galleries:
             gone = current is not None
             if not writable and not gone:
                 return Session(template, None, False)
+            source = self.ref(template)
+            if self.store.vector_index(source.id) is not None:  # checked on each call: published at any time
+                raise ServiceError(f"the gallery {template!r} is served from Milvus and is read-only here: a private "
+                                   "copy would be searched in process, with every vector loaded")
             name = f"{prefix}{secrets.token_hex(8)}"
-            if self.store.copy_collection(self.ref(template).id, name) is None:
+            if self.store.copy_collection(source.id, name) is None:
                 raise ServiceError(f"the {template!r} gallery is not available")
             self._owners[owner] = name
             return Session(name, GONE_NOTE if gone else None, True)

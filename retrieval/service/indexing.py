@@ -47,9 +47,9 @@ class Indexer:
         report.skipped = skipped + report.skipped
         return report
 
-    def sources(self, folder: Path, labels_csv=None) -> tuple[list[SourceFile], list[Skipped]]:
+    def sources(self, folder: Path, labels_csv=None, limits: Limits | None = None) -> tuple[list[SourceFile], list[Skipped]]:
         """The files a folder offers, labelled (the one listing rule for every engine)."""
-        sources, skipped = scan_folder(folder, self.limits)
+        sources, skipped = scan_folder(folder, limits or self.limits)
         sources = [s for s in sources if s.name.lower() != SIDECAR]  # captions and tags, read by the caller
         if labels_csv is not None:
             labels = read_labels_csv(labels_csv)

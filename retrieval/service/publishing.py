@@ -23,6 +23,7 @@ import os
 import secrets
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from .reports import CollectionRef, ServiceError
 CANDIDATES = 200  # at least this many candidates, or k x CANDIDATES_PER_RESULT, are re-scored
 CANDIDATES_PER_RESULT = 10
 SYNC_CHUNK = 5000  # vectors read from SQLite per insert round
+EMBED_IN_A_SEARCH = 1000  # a search embeds at most this many members missing a vector; more is a publish's job
 TOKEN_ENV = "RETRIEVAL_MILVUS_TOKEN"  # a cluster's credentials: read from the environment, never stored
 
 
@@ -63,8 +65,9 @@ class Published:
 class Publisher:
     def __init__(self, store: Store, models: Models, indexer: Indexer):
         self.store, self.models, self.indexer = store, models, indexer
-        self._clients: dict[str, object] = {}
-        self._locks: dict[str, threading.Lock] = {}  # one call at a time per Milvus (Lite files need it)
+        # uri -> (client, lock): one call at a time per Milvus (a Lite file needs it; a server does not mind)
+        self._clients: dict[str, tuple[object, threading.Lock]] = {}
+        self._indexes: dict[tuple[str, str], _Served] = {}  # (uri, Milvus collection) -> opened
         # (collection, config) -> (uri, Milvus collection, generation) Milvus was last made to match: another
         # Studio or process may move the gallery to another Milvus without changing its generation
         self._synced: dict[tuple[int, int], tuple[str, str, int]] = {}
@@ -113,9 +116,11 @@ class Publisher:
             self._synced = {k: v for k, v in self._synced.items() if k[0] != cid}
         if setting is None:
             return
+        with self._lock:
+            self._indexes = {k: v for k, v in self._indexes.items() if not k[1].startswith(f"{setting['name']}_k")}
         try:
-            client = self._client(setting["uri"])
-            with self._locks[setting["uri"]]:
+            client, lock = self._client(setting["uri"])
+            with lock:
                 for name in client.list_collections():
                     if name.startswith(f"{setting['name']}_k"):
                         client.drop_collection(name)
@@ -124,8 +129,14 @@ class Publisher:
 
     # -- keeping Milvus equal to the gallery ------------------------------------
     def index(self, ref: CollectionRef, cfg: ExtractorConfig, progress: Progress | None = None,
-              shards: str | Path | None = None) -> tuple[MilvusIndex, Published]:
-        """The gallery's Milvus collection for ``cfg``, synced to its current generation."""
+              shards: str | Path | None = None, embed_up_to: int | None = None) -> tuple[_Served, Published]:
+        """The gallery's Milvus collection for ``cfg``, synced to its current generation.
+
+        Members without this configuration's vector are embedded first,
+        outside any Milvus lock (that is model time, not Milvus time); a
+        search passes ``embed_up_to`` so that one request never embeds a
+        whole large gallery for a model it was never published with.
+        """
         setting = self.store.vector_index(ref.id)
         if setting is None:
             raise ServiceError(f"the gallery {ref.name!r} is not served from Milvus: "
@@ -136,29 +147,29 @@ class Publisher:
         generation = self.store.generation(ref.id)
         if generation < 0:
             raise ServiceError(f"the gallery {ref.name!r} no longer exists")
-        uri = setting["uri"]
-        name = milvus.collection_name(setting["name"], config_id)
-        try:
-            client = self._client(uri)
-            with self._locks[uri]:
-                index = MilvusIndex.open(client, name, dim)
-                if self._synced.get((ref.id, config_id)) == (uri, name, generation) and shards is None:
-                    return index, Published(ref.name, name, milvus.describe(uri), 0, 0, index.count())
-                self.indexer.ensure(ref, cfg, progress)
-                started = time.perf_counter()
-                generation = self.store.generation(ref.id)
-                added, removed, from_shards = self._sync(index, ref.id, config_id, cfg, shards)
-                total = index.count()
-        except MilvusUnavailable as exc:
-            raise ServiceError(str(exc)) from None
-        except ServiceError:
-            raise
-        except Exception as exc:  # a server that fails mid-way: one line, nothing half-believed
-            raise ServiceError(f"{milvus.describe(uri)} failed: {str(exc).splitlines()[0][:300]}") from None
+        uri, name = setting["uri"], milvus.collection_name(setting["name"], config_id)
+        served = self._served(uri, name, dim)
+        if self._synced.get((ref.id, config_id)) == (uri, name, generation) and shards is None:
+            if embed_up_to is not None:  # a search: no count, one Milvus call per query
+                return served, Published(ref.name, name, served.where, 0, 0, -1)
+            with served.calls("count"):
+                return served, Published(ref.name, name, served.where, 0, 0, served.index.count())
+        missing = self.store.missing_embeddings(ref.id, config_id) if shards is None else []
+        if embed_up_to is not None and len(missing) > embed_up_to:
+            raise ServiceError(f"{len(missing):,} images of {ref.name!r} have no vector for {cfg.label} yet: publish "
+                               f"the gallery with that model first (python -m retrieval publish --collection "
+                               f"{ref.name} --model {cfg.backbone})")
+        if missing:
+            self.indexer.ensure(ref, cfg, progress)
+        started = time.perf_counter()
+        generation = self.store.generation(ref.id)
+        with served.calls("sync"):
+            added, removed, from_shards = self._sync(served.index, ref.id, config_id, cfg, shards)
+            total = served.index.count()
         with self._lock:
             self._synced[(ref.id, config_id)] = (uri, name, generation)
-        return index, Published(ref.name, name, milvus.describe(uri), added, removed, total, from_shards,
-                                round(time.perf_counter() - started, 3))
+        return served, Published(ref.name, name, milvus.describe(uri), added, removed, total, from_shards,
+                                 round(time.perf_counter() - started, 3))
 
     def _sync(self, index: MilvusIndex, cid: int, config_id: int, cfg: ExtractorConfig,
               shards: str | Path | None) -> tuple[int, int, int]:
@@ -193,17 +204,13 @@ class Publisher:
         refusal = scfg.milvus_refusal()
         if refusal:
             raise ServiceError(refusal)
-        index, _ = self.index(ref, cfg, progress)
-        uri = self.store.vector_index(ref.id)["uri"]
+        served, _ = self.index(ref, cfg, progress, embed_up_to=EMBED_IN_A_SEARCH)
         started = time.perf_counter()
-        try:
-            with self._locks[uri]:
-                ids, vectors = next(index.search(vector[None], max(CANDIDATES, scfg.k * CANDIDATES_PER_RESULT)))
-        except Exception as exc:
-            raise ServiceError(f"{milvus.describe(uri)} failed: {str(exc).splitlines()[0][:300]}") from None
+        with served.calls("search"):
+            ids, vectors = next(served.index.search(vector[None], max(CANDIDATES, scfg.k * CANDIDATES_PER_RESULT)))
         milvus_ms = (time.perf_counter() - started) * 1000.0
         if not len(ids):  # as the in-process search says it
-            if not self.store.members(ref.id):
+            if not self.store.members(ref.id, limit=1):
                 raise ServiceError(f"the gallery {ref.name!r} has no images yet: add some first")
             raise ServiceError(f"no image of the gallery {ref.name!r} could be read for {cfg.label}")
         order = np.argsort(ids, kind="stable")  # ties go to the lower image id, as in exact search
@@ -218,18 +225,56 @@ class Publisher:
     def close(self) -> None:
         """Let go of every Milvus: a Lite file is held by one process, until its client closes."""
         with self._lock:
-            clients, self._clients, self._locks = self._clients, {}, {}
-        for client in clients.values():
+            clients, self._clients, self._indexes = self._clients, {}, {}
+        for client, _ in clients.values():
             try:
                 client.close()
             except Exception:  # noqa: BLE001 - closing a dead connection is not the caller's problem
                 pass
 
-    def _client(self, uri: str):
+    def _client(self, uri: str) -> tuple[object, threading.Lock]:
+        """(client, the lock its calls take): connected outside ``_lock``, so a dead server stalls no
+        other; of two racing connects the first kept wins."""
         with self._lock:
-            client = self._clients.get(uri)
-            if client is None:
-                client = milvus.connect(uri, os.environ.get(TOKEN_ENV))
-                self._clients[uri] = client
-                self._locks[uri] = threading.Lock()
-            return client
+            if uri in self._clients:
+                return self._clients[uri]
+        client = milvus.connect(uri, os.environ.get(TOKEN_ENV))
+        with self._lock:
+            return self._clients.setdefault(uri, (client, threading.Lock()))
+
+    def _served(self, uri: str, name: str, dim: int) -> _Served:
+        """The opened collection, kept: a search on a synced gallery makes one Milvus call, not five."""
+        key = (uri, name)
+        with self._lock:
+            served = self._indexes.get(key)
+        if served is not None:
+            return served
+        try:
+            client, lock = self._client(uri)
+            with lock:
+                index = MilvusIndex.open(client, name, dim)
+        except MilvusUnavailable as exc:
+            raise ServiceError(str(exc)) from None
+        served = _Served(index, lock, milvus.describe(uri))
+        with self._lock:
+            return self._indexes.setdefault(key, served)
+
+
+@dataclass(frozen=True)
+class _Served:
+    """An opened Milvus collection and the lock its client's calls take."""
+
+    index: MilvusIndex
+    lock: threading.Lock
+    where: str
+
+    @contextmanager
+    def calls(self, what: str):
+        """Milvus calls under the client's lock; a failure becomes one line naming the server."""
+        try:
+            with self.lock:
+                yield
+        except (MilvusUnavailable, ServiceError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a server failing mid-way: one line, nothing half-believed
+            raise ServiceError(f"{self.where} failed during {what}: {str(exc).splitlines()[0][:300]}") from None

@@ -221,7 +221,7 @@ class Studio:
         """The default search for this gallery, with ``chosen`` fields: a Milvus-served
         gallery ranks without what needs the whole gallery (``SearchConfig.for_milvus``)."""
         chosen = {k: v for k, v in chosen.items() if v is not None}
-        if self.served_by(collection) is not None and chosen.get("index", "auto") in ("auto", "milvus"):
+        if self._searcher.served_by_milvus(self._galleries.ref(collection), SearchConfig(index=chosen.get("index", "auto"))):
             return SearchConfig.for_milvus(**chosen)
         return SearchConfig(**chosen)
 
@@ -319,12 +319,16 @@ class Studio:
         return self._models.delete_trained(name)
 
     # -- galleries and sessions -------------------------------------------------------
-    def members(self, collection: str) -> list[Member]:
-        return self.store.members(self._galleries.ref(collection).id)
+    def members(self, collection: str, limit: int | None = None) -> list[Member]:
+        """The collection's members in the order they were added; ``limit``: the first that many only."""
+        return self.store.members(self._galleries.ref(collection).id, limit)
+
+    def count(self, collection: str) -> int:
+        return self.store.count_members(self._galleries.ref(collection).id)
 
     def resolve_member(self, collection: str, key: str) -> Member | None:
         """A member of the collection by name, stored path or sha256."""
-        return next((m for m in self.members(collection) if key in (m.name, m.path, m.sha256)), None)
+        return self.store.member_by_key(self._galleries.ref(collection).id, key)
 
     # -- captions and tags ---------------------------------------------------------------
     def import_metadata(self, csv_path: str | Path, collection: str = "default") -> MetadataImport:
