@@ -112,8 +112,9 @@ class MilvusIndex:
                 schema.add_field("id", DataType.INT64, is_primary=True)
                 schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
                 params = client.prepare_index_params()
-                # AUTOINDEX: the server picks its index for the deployment (FLAT on Lite, an
-                # HNSW/IVF family on a cluster); we re-score candidates exactly anyway.
+                # AUTOINDEX: the server picks its index for the deployment (on Lite an HNSW per
+                # segment, built in the background after a flush; a cluster chooses its own);
+                # we re-score candidates exactly anyway.
                 params.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="IP")
                 client.create_collection(name, schema=schema, index_params=params, consistency_level="Strong")
             else:
@@ -144,6 +145,10 @@ class MilvusIndex:
             stop = start + INSERT_BATCH
             self.client.upsert(self.name, [{"id": int(i), "vector": v.tolist()}
                                            for i, v in zip(ids[start:stop], vectors[start:stop])])
+        if len(ids):
+            # Sealed segments get indexed; unflushed rows are searched raw (on Lite, 3-7 s a query
+            # with ~25k of them pending: docs/milvus_scale.md), so a sync ends with a flush.
+            self.client.flush(self.name)
 
     def remove(self, ids) -> None:
         ids = [int(i) for i in ids]

@@ -226,9 +226,13 @@ class Publisher:
         """Let go of every Milvus: a Lite file is held by one process, until its client closes."""
         with self._lock:
             clients, self._clients, self._indexes = self._clients, {}, {}
-        for client, _ in clients.values():
+        for uri, (client, _) in clients.items():
             try:
                 client.close()
+                if "://" not in uri:  # a Lite file is served by a gRPC server on a thread of this process
+                    from milvus_lite.server_manager import server_manager_instance
+
+                    server_manager_instance.release_server(uri)
             except Exception:  # noqa: BLE001 - closing a dead connection is not the caller's problem
                 pass
 
