@@ -38,7 +38,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import shutil
 import socket
 import statistics
