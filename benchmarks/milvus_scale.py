@@ -161,7 +161,7 @@ def faiss_ivf(ids: np.ndarray, gallery: np.ndarray, queries: np.ndarray, truth: 
            "build_s": round(build_s, 1), "inserts_per_s": round(len(ids) / build_s),
            **latencies(lambda q: ann.search(q, CANDIDATES), queries), **recall(found, truth),
            "loadavg": load(), **rss_mb()}
-    del ann
+    ann = None  # free the index before the next engine is measured
     gc.collect()
     return row
 
@@ -251,7 +251,7 @@ def milvus_lite_file(ids, gallery, queries, truth, tmp: Path, cap_s: float) -> d
     # pymilvus runs Lite as a gRPC server on a thread of this process, kept per path after close():
     # release it so that re-opening really reads the file again, as a restarted service would.
     server_manager_instance.release_server(str(db))
-    del index, client
+    index = client = None  # release the file before it is re-opened
     gc.collect()
     row["disk_mb"] = dir_mb(tmp)
     row["rss_after_release_mb"] = rss_mb()["rss_mb"]
@@ -266,7 +266,7 @@ def milvus_lite_file(ids, gallery, queries, truth, tmp: Path, cap_s: float) -> d
     row.update({"after_reopen_" + k: v for k, v in rss_mb().items()})
     client.close()
     server_manager_instance.release_server(str(db))
-    del index, client
+    index = client = None
     gc.collect()
     return row
 
