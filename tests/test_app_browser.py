@@ -182,11 +182,12 @@ def test_why_this_match_shows_both_overlays(page):
 @pytest.fixture
 def fashion_zip(tmp_path):
     """A labelled zip of real Fashion-MNIST images: 4 classes x 24 (Debian's dataset-fashion-mnist)."""
+    import io
     import zipfile
 
-    from benchmarks import fashion_mnist
     from PIL import Image
-    import io
+
+    from benchmarks import fashion_mnist
 
     images, labels = fashion_mnist.load("t10k", 2000)
     path = tmp_path / "fashion.zip"

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import start_app, stop_app
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,8 @@ import zipfile
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import start_app, stop_app
+from PIL import Image
 
 
 @pytest.fixture(scope="module")

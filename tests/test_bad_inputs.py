@@ -17,9 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import badinputs as B
+import pytest
 from conftest import APP
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,9 +1,18 @@
 import numpy as np
 import pytest
 
-from retrieval.evaluation import (agreement, average_precision, exact_duplicate_groups, kendall_tau_top_k,
-                                  leave_one_out, ndcg_at_k, precision_at_k, query_gallery, recall_at_k,
-                                  spearman_full)
+from retrieval.evaluation import (
+    agreement,
+    average_precision,
+    exact_duplicate_groups,
+    kendall_tau_top_k,
+    leave_one_out,
+    ndcg_at_k,
+    precision_at_k,
+    query_gallery,
+    recall_at_k,
+    spearman_full,
+)
 
 LABELS = ["a", "a", "b", "a", "b"]
 ORDERS = {0: [0, 2, 1, 4, 3], 1: [1, 0, 3, 2, 4], 2: [2, 4, 0, 1, 3], 3: [3, 2, 4, 0, 1], 4: [4, 0, 1, 3, 2]}

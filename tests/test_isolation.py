@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,7 +19,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import APP
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

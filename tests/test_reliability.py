@@ -11,9 +11,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import APP
 
 from benchmarks import soak
-from conftest import APP
 
 IMAGES = 500
 
