@@ -25,12 +25,14 @@ from .config import ExtractorConfig
 from .settings import Limits
 
 # ``--engine auto`` takes Ray only for a cluster (``--ray-address`` or
-# $RAY_ADDRESS) and from this many files on. A private Ray on one machine
-# shares that machine's cores with nothing gained and pays a fixed start-up
-# (Ray, actors, one model load each): benchmarks/distributed.py measures it
-# (docs/distributed.md); on a cluster of N such nodes Ray wins once
-# n > start-up x per-node rate x N / (N - 1).
-AUTO_THRESHOLD = 20_000
+# $RAY_ADDRESS) and from this many files on. Measured on 2 cores with real
+# photos (benchmarks/distributed.py, docs/distributed.md): a private Ray costs
+# 11 s more than in process to start (Ray, actors, a model load each) and then
+# runs at the same ~80 img/s, so on one machine it never wins; with N such
+# nodes it wins from n > extra start-up / (1/rate - 1/(N rate)): ~1,800
+# files for 2 nodes, ~1,000 for 8. A real cluster starts slower (remote nodes,
+# cold caches), hence about three times the 2-node figure.
+AUTO_THRESHOLD = 5_000
 ENGINES = ("in-process", "ray", "auto")  # auto: Ray for a cluster, from AUTO_THRESHOLD files on
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
