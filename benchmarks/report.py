@@ -259,6 +259,9 @@ def main() -> None:
         if data:
             out += section(data)
     out += ["## 5. Retrieval quality", ""] + quality_section()
+    out += ["", "## 6. Beyond one machine", "", "Each has its own page, with the command that made it: "
+            "[distributed.md](distributed.md) (Ray extraction against in-process indexing on real photos) and "
+            "[milvus_scale.md](milvus_scale.md) (Milvus Lite against faiss IVF and exact search at 100k and 1M).", ""]
     (DOCS / "benchmarks.md").write_text("\n".join(out))
     print(f"wrote {DOCS / 'benchmarks.md'}")
 
