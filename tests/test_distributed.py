@@ -37,8 +37,19 @@ def gallery(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """This module's own in-process Studio: the session's must not hold the demo's vectors
+    (other modules count what their held-out queries compute)."""
+    from retrieval import Studio
+
+    s = Studio(tmp_path_factory.mktemp("ray-baseline") / "baseline.sqlite", device="cpu")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
 def runs(gallery, tmp_path_factory, studio):
-    """The same folder indexed in process (the session's Studio) and on a private local Ray."""
+    """The same folder indexed in process and on a private local Ray."""
     from retrieval import Studio
 
     in_process = studio.index(gallery, collection="ray-baseline")

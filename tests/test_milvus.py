@@ -252,6 +252,15 @@ def _outside_query() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """This module's own Studio: the session's must not hold the demo's vectors (other modules
+    count what their held-out queries compute), nor this module's Milvus clients."""
+    s = Studio(tmp_path_factory.mktemp("milvus-db") / "gallery.sqlite", device="cpu")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
 def demo(studio):
     """The 70 demo photos, indexed once with the default model (in process)."""
     studio.index(DEMO, collection="milvus-demo")
