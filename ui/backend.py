@@ -123,19 +123,23 @@ class Backend:
         self.ready.clear()
         threading.Thread(target=self._warm_up, name="demo-index", daemon=True).start()
 
+    def _detect_gpus(self) -> None:
+        """What TensorFlow sees, said once on the status line; the page waits on ``detected``."""
+        from retrieval.device import gpu_names
+
+        try:
+            self.gpus = gpu_names()
+        finally:
+            self.detected.set()
+        self.device_note = (f"GPU available: {self.gpus[0]}." if self.gpus else
+                            "No GPU visible to TensorFlow here: everything runs on the CPU.")
+
     def _warm_up(self) -> None:
         """Index the demo (cached after the first start), then compile the model once."""
         if self.named:
             return self._warm_up_named()
         try:
-            from retrieval.device import gpu_names
-
-            try:
-                self.gpus = gpu_names()
-            finally:
-                self.detected.set()
-            self.device_note = (f"GPU available: {self.gpus[0]}." if self.gpus else
-                                "No GPU visible to TensorFlow here: everything runs on the CPU.")
+            self._detect_gpus()
 
             def progress(done: int, total: int, _message: str) -> None:
                 self.progress = (done, total)
@@ -162,14 +166,8 @@ class Backend:
         of a Milvus-served one also brings Milvus up to date)."""
         try:
             from retrieval import ExtractorConfig
-            from retrieval.device import gpu_names
 
-            try:
-                self.gpus = gpu_names()
-            finally:
-                self.detected.set()
-            self.device_note = (f"GPU available: {self.gpus[0]}." if self.gpus else
-                                "No GPU visible to TensorFlow here: everything runs on the CPU.")
+            self._detect_gpus()
             if self._examples:
                 result = self.studio.search(self._examples[0], self.template, ExtractorConfig(),
                                             self.search_defaults())
