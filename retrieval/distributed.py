@@ -90,7 +90,7 @@ def start(options: RayOptions):
         context.print_on_execution_start = False
     except Exception as exc:  # ConnectionError, ray's own: one line, never a hang
         where = options.address or "a local Ray"
-        raise RuntimeError(f"cannot start or reach {where}: {str(exc).splitlines()[0][:300]}") from None
+        raise RuntimeError(f"cannot start or reach {where}: {_first_line(exc)}") from None
     return ray
 
 

@@ -82,11 +82,12 @@ def connect(uri: str, token: str | None = None, timeout: float = 10.0):
             # A server may have just closed an idle shared connection (a Lite server sends GOAWAY on
             # pymilvus' keep-alive pings); the next attempt opens a new one. Twice, then say why.
             if attempt == (2 if server else 0):
-                raise MilvusUnavailable(f"cannot reach {describe(uri)}: {_first_line(exc)}") from None
+                raise MilvusUnavailable(f"cannot reach {describe(uri)}: {first_line(exc)}") from None
             time.sleep(0.5)
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception as one line for the user (its type when it has no message)."""
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
 
@@ -125,7 +126,7 @@ class MilvusIndex:
         except MilvusUnavailable:
             raise
         except Exception as exc:
-            raise MilvusUnavailable(f"Milvus refused collection {name!r}: {_first_line(exc)}") from None
+            raise MilvusUnavailable(f"Milvus refused collection {name!r}: {first_line(exc)}") from None
         return cls(client, name, dim)
 
     def ids(self) -> set[int]:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .milvus import first_line  # one line for the user, whatever failed
+
 COLUMNS = ("sha256", "name", "label", "width", "height", "nbytes", "config_key", "vector", "error", "worker",
            "runtime")
 MANIFEST_COLUMNS = ("path", "name", "label", "sha256")  # only ``path`` is required
@@ -98,7 +100,7 @@ def _dataset(where: str | Path, config_key: str | None):
     try:
         return ds.dataset(where, format="parquet")
     except (OSError, ValueError) as exc:  # pyarrow's own errors derive from these
-        raise ValueError(f"cannot read shards at {where}: {str(exc).splitlines()[0][:300]}") from None
+        raise ValueError(f"cannot read shards at {where}: {first_line(exc)}") from None
 
 
 def read(where: str | Path, config_key: str | None = None, columns: tuple[str, ...] = COLUMNS,
@@ -180,7 +182,7 @@ def read_manifest(path: str | Path) -> list[dict]:
     try:
         data = pq.read_table(str(path))
     except (OSError, pa.ArrowInvalid) as exc:
-        raise ValueError(f"cannot read the manifest {path}: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"cannot read the manifest {path}: {first_line(exc)}") from None
     if "path" not in data.column_names:
         raise ValueError(f"the manifest {path} has no 'path' column (it has: {', '.join(data.column_names)})")
     cols = {c: data.column(c).to_pylist() for c in MANIFEST_COLUMNS if c in data.column_names}

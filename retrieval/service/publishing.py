@@ -281,4 +281,4 @@ class _Served:
         except (MilvusUnavailable, ServiceError):
             raise
         except Exception as exc:  # noqa: BLE001 - a server failing mid-way: one line, nothing half-believed
-            raise ServiceError(f"{self.where} failed during {what}: {str(exc).splitlines()[0][:300]}") from None
+            raise ServiceError(f"{self.where} failed during {what}: {milvus.first_line(exc)}") from None
