@@ -246,6 +246,9 @@ class StudioMachine(RuleBasedStateMachine):
 
     def _drop_model(self, name: str) -> None:
         del self.colls[name]
+        # a tab whose gallery was dropped owns nothing any more: a later gallery under the same name
+        # (re-created by an index) is not its own, so it gets a fresh fork, never that one
+        self.owners = {owner: mine for owner, mine in self.owners.items() if mine != name}
 
     def _prune_meta(self) -> None:
         """Captions and tags belong to a membership: they go with it (removed, replaced, dropped)."""
