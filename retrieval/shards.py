@@ -114,6 +114,8 @@ def read(where: str | Path, config_key: str | None = None, columns: tuple[str, .
     import pyarrow.dataset as ds
 
     dataset = _dataset(where, config_key)
+    if not dataset.files:  # a run that failed before writing left an empty folder
+        return
     flt = ds.field("config_key") == config_key if config_key is not None else None
     if hashes is not None:
         wanted = ds.field("sha256").isin(pa.array(sorted(hashes), pa.string()))
