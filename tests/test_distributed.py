@@ -210,3 +210,22 @@ def test_a_real_cluster_gives_the_in_process_vectors(studio, tmp_path):
     finally:
         remote.close()
         ray.shutdown()
+
+
+def test_shards_of_two_models_live_apart_and_an_empty_folder_is_no_rows(tmp_path):
+    """Vectors of different lengths cannot share one Parquet dataset: each configuration has its folder."""
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "shards"
+    for key, dim in (("small|imagenet|224|gap", 4), ("large|imagenet|240|gem3", 8)):
+        folder = Path(shards.folder_for(str(root), key)) / "run-1"
+        folder.mkdir(parents=True)
+        rows = [shards.ShardRow(f"{dim}-a", "a.jpg", None, 1, 1, 1, key, np.full(dim, 0.5, np.float32), None, "n:1", "x"),
+                shards.ShardRow(f"{dim}-b", "b.jpg", None, 0, 0, 1, key, None, "not an image", "n:1", "x")]
+        pq.write_table(shards.table(rows, dim), folder / "part-0.parquet")
+    small = shards.known(str(root), "small|imagenet|224|gap", {"4-a", "4-b", "8-a"})
+    large = shards.known(str(root), "large|imagenet|240|gem3", {"8-a", "8-b"})
+    assert set(small) == {"4-a", "4-b"} and small["4-a"][0].shape == (4,) and small["4-b"] == (None, "not an image")
+    assert set(large) == {"8-a", "8-b"} and large["8-a"][0].tolist() == [0.5] * 8
+    (tmp_path / "empty" / "run").mkdir(parents=True)  # a run that failed before writing
+    assert shards.known(str(tmp_path / "empty"), "small|imagenet|224|gap", {"4-a"}) == {}
