@@ -54,6 +54,7 @@ from retrieval.milvus import INSERT_BATCH, MilvusIndex, connect
 from retrieval.pooling import l2_normalize
 
 from .ann import clustered
+from .search import latency_samples_ms
 
 K = 10
 CANDIDATES = 200  # what the service re-scores: CANDIDATES_PER_RESULT x k, at least 200
@@ -109,13 +110,7 @@ def dir_mb(path: Path) -> float:
 # ----------------------------------------------------------------------------- measuring
 def latencies(fn, queries: np.ndarray) -> dict:
     """Single-query latency: median and p95 in ms, one warm-up query first."""
-    fn(queries[:1])
-    times = []
-    for q in queries:
-        t = time.perf_counter()
-        fn(q[None])
-        times.append(1000 * (time.perf_counter() - t))
-    times.sort()
+    times = latency_samples_ms(fn, queries)
     return {"median_ms": round(statistics.median(times), 2),
             "p95_ms": round(times[min(len(times) - 1, int(np.ceil(0.95 * len(times))) - 1)], 2)}
 

@@ -31,14 +31,19 @@ from retrieval.ranking import Ranker
 K = 10
 
 
-def median_latency_ms(fn, queries: np.ndarray) -> float:
+def latency_samples_ms(fn, queries: np.ndarray) -> list[float]:
+    """Single-query latencies in ms, sorted, after one warm-up query (the one timing loop of the benchmarks)."""
     fn(queries[:1])
     times = []
     for q in queries:
         t = time.perf_counter()
         fn(q[None])
         times.append(1000 * (time.perf_counter() - t))
-    return statistics.median(times)
+    return sorted(times)
+
+
+def median_latency_ms(fn, queries: np.ndarray) -> float:
+    return statistics.median(latency_samples_ms(fn, queries))
 
 
 def _batch_qps(fn, queries: np.ndarray, repeats: int = 3) -> float:
