@@ -155,7 +155,26 @@ def _exact_top(ids, x, q, k):
     return ids[order]
 
 
-def test_search_proposes_the_exact_inner_product_top_k_with_the_stored_vectors(contract, vectors):
+def _assert_proposes(found, expected, by_id, queries, k):
+    """The contract the exact re-score relies on: stored vectors, best inner product first, near-exact recall.
+
+    Milvus' AUTOINDEX is approximate (Lite builds an HNSW per segment in the background after a flush), so a
+    candidate may be missed now and then; the product asks for max(200, 10 x k) candidates to absorb that. Here,
+    at k=20 on 3,000 vectors, at least 97% of the exact top-k must come back.
+    """
+    found = list(found)
+    assert len(found) == len(queries)
+    hit = 0
+    for (got, got_vectors), want, q in zip(found, expected, queries):
+        assert got_vectors.dtype == np.float32 and got_vectors.shape == (k, 64)
+        np.testing.assert_array_equal(got_vectors, np.stack([by_id[int(i)] for i in got]))
+        scores = got_vectors @ q
+        assert np.all(np.diff(scores) <= 1e-5), "candidates are not best-first"
+        hit += len(set(got.tolist()) & set(want.tolist()))
+    assert hit / expected.size >= 0.97, f"recall@{k} {hit / expected.size:.3f}"
+
+
+def test_search_proposes_the_inner_product_top_k_with_the_stored_vectors(contract, vectors):
     client, name = contract
     ids, x, q = vectors
     index = MilvusIndex.open(client, name, 64)
@@ -163,13 +182,7 @@ def test_search_proposes_the_exact_inner_product_top_k_with_the_stored_vectors(c
     assert index.count() == len(ids)
     assert index.ids() == set(ids.tolist())
     by_id = dict(zip(ids.tolist(), x))
-    expected = _exact_top(ids, x, q, 20)
-    found = list(index.search(q, 20))
-    assert len(found) == len(q)
-    for (got, got_vectors), want in zip(found, expected):
-        np.testing.assert_array_equal(got, want)
-        assert got_vectors.dtype == np.float32 and got_vectors.shape == (20, 64)
-        np.testing.assert_array_equal(got_vectors, np.stack([by_id[int(i)] for i in got]))
+    _assert_proposes(index.search(q, 20), _exact_top(ids, x, q, 20), by_id, q, 20)
 
 
 def test_removed_ids_are_never_proposed_again(contract, vectors):
@@ -188,9 +201,8 @@ def test_removed_ids_are_never_proposed_again(contract, vectors):
     for got, _ in index.search(x[removed_rows][:30], 50):
         assert not set(got.tolist()) & set(gone.tolist())
     keep_rows = ~removed_rows
-    expected = _exact_top(ids[keep_rows], x[keep_rows], q, 10)
-    for (got, _), want in zip(index.search(q, 10), expected):
-        np.testing.assert_array_equal(got, want)
+    by_id = dict(zip(ids[keep_rows].tolist(), x[keep_rows]))
+    _assert_proposes(index.search(q, 20), _exact_top(ids[keep_rows], x[keep_rows], q, 20), by_id, q, 20)
 
 
 def test_adding_again_is_an_upsert(contract, vectors):
