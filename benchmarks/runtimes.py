@@ -461,7 +461,7 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
-    for name in ("tensorflow-cpu", "keras", "openvino", "nncf", "onnxruntime", "onnx", "tf2onnx", "ai-edge-litert"):
+    for name in ("tensorflow", "keras", "openvino", "nncf", "onnxruntime", "onnx", "tf2onnx", "ai-edge-litert"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:

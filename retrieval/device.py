@@ -26,8 +26,8 @@ class Placement:
 def import_keras():
     """Import Keras (and TensorFlow) with the C++ start-up banner silenced.
 
-    TensorFlow prints oneDNN and absl notices to file descriptor 2 before any
-    setting can stop them; they bury our own one-line messages. Python-level
+    TensorFlow prints oneDNN, absl and CUDA notices to file descriptor 2 before
+    any setting can stop them; they bury our own one-line messages. Python-level
     errors still propagate and print normally after the descriptor is back.
     """
     import os
@@ -41,6 +41,13 @@ def import_keras():
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
             import keras
+
+            if keras.config.backend() == "tensorflow":
+                import tensorflow as tf
+
+                # The full TensorFlow wheel looks for CUDA once, on the first device
+                # query, and logs "failed call to cuInit" where there is no GPU.
+                tf.config.list_physical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -62,15 +62,14 @@ def test_scale_extra_is_requirements_scale_txt():
 
 
 def test_gpu_requirements_swap_only_tensorflow():
-    """requirements-gpu.txt is requirements.txt with the full TensorFlow (and CUDA) in place of the CPU wheel."""
+    """requirements-gpu.txt is requirements.txt with TensorFlow's CUDA libraries added (the and-cuda extra)."""
     def no_tf(lines):
         return {r for r in _normal(lines) if not Requirement(r).name.startswith("tensorflow")}
 
     gpu, cpu = _requirements(ROOT / "requirements-gpu.txt"), _requirements(ROOT / "requirements.txt")
     assert no_tf(gpu) == no_tf(cpu)
     assert [Requirement(r).name for r in _normal(gpu) if Requirement(r).name.startswith("tensorflow")] == ["tensorflow"]
-    # An extra can only add packages: a `gpu` extra would install TensorFlow beside tensorflow-cpu (one folder).
-    assert "gpu" not in PYPROJECT["project"].get("optional-dependencies", {})
+    assert [Requirement(r).extras for r in _normal(gpu) if Requirement(r).name == "tensorflow"] == [{"and-cuda"}]
 
 
 def test_space_front_matter_agrees_with_the_requirements():

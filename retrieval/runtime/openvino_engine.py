@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 import uuid
+import warnings
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -79,7 +80,9 @@ def convert(model, example: np.ndarray, folder: Path) -> Path:
     tmp = folder.parent / f".{folder.name}.{uuid.uuid4().hex}.tmp"
     tmp.mkdir(parents=True)
     try:
-        converted = ov.convert_model(model, example_input=example)
+        with warnings.catch_warnings():  # Keras objects to how the converter's trace passes the input: harmless
+            warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
+            converted = ov.convert_model(model, example_input=example)
         # any batch size: a traced Sequential model otherwise keeps the example's batch of 1
         converted.reshape({converted.input(0): ov.PartialShape([-1, *example.shape[1:]])})
         ov.save_model(converted, tmp / "model.xml", compress_to_fp16=False)
