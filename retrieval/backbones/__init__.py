@@ -11,12 +11,12 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from ..config import ExtractorConfig
-from . import efficientnet_lite, fusion, handcrafted, keras_apps
+from . import efficientnet_lite, fusion, handcrafted, hub, keras_apps
 from .base import Backbone, BackboneSpec, BackboneUnavailable
 
 # The networks and descriptors a fusion is made of.
 SINGLE: MappingProxyType[str, BackboneSpec] = MappingProxyType({
-    spec.name: spec for spec in (*efficientnet_lite.SPECS, *keras_apps.SPECS, *handcrafted.SPECS)
+    spec.name: spec for spec in (*efficientnet_lite.SPECS, *keras_apps.SPECS, *handcrafted.SPECS, *hub.SPECS)
 })
 
 # The built-in backbones, read-only: models trained with ``adapt`` belong to
@@ -27,7 +27,12 @@ REGISTRY: MappingProxyType[str, BackboneSpec] = MappingProxyType({
     **SINGLE, **{alias: fusion.spec_for(alias, SINGLE) for alias in fusion.PRESETS},
 })
 
-__all__ = ["REGISTRY", "Backbone", "BackboneSpec", "BackboneUnavailable", "get_spec", "resolve"]
+__all__ = ["REGISTRY", "Backbone", "BackboneSpec", "BackboneUnavailable", "get_spec", "resolve", "text_models"]
+
+
+def text_models() -> tuple[str, ...]:
+    """The built-in backbones with a text tower: words can rank their vectors (CLIP, SigLIP)."""
+    return tuple(name for name in REGISTRY if hub.is_text_capable(name))
 
 
 def get_spec(name: str) -> BackboneSpec:
