@@ -50,7 +50,7 @@ class ExtractorConfig:
     pooling: str = DEFAULT_POOLING
     gem_p: float = DEFAULT_GEM_P
     input_size: int | None = None  # None: the backbone's native resolution
-    weights: str = "imagenet"  # or a path to a local weights file
+    weights: str = "imagenet"  # or a path to a local weights file; a user file model: its "sha256:…"
 
     def resolved(self, spec: BackboneSpec) -> ExtractorConfig:
         """Fill in what the backbone implies, so equal setups compare equal.
@@ -60,16 +60,18 @@ class ExtractorConfig:
         a configuration is a plain value and imports no model code.
         """
         cfg = replace(self, input_size=self.input_size or spec.input_size)
-        if spec.family != "cnn":  # hand-crafted or adapted: the model fixes size and pooling
-            cfg = replace(cfg, pooling="none", gem_p=0.0, input_size=spec.input_size, weights="none")
+        if spec.family != "cnn":  # hand-crafted, adapted or a user's file: the model fixes size and weights
+            cfg = replace(cfg, input_size=spec.input_size, weights=spec.weights or "none")
+        if not spec.pools:  # and pooling, unless it ends in a feature map (``BackboneSpec.poolable``)
+            cfg = replace(cfg, pooling="none", gem_p=0.0)
         elif cfg.pooling != "gem":
             cfg = replace(cfg, gem_p=0.0)
         return cfg
 
     @property
     def weights_id(self) -> str:
-        if self.weights in ("imagenet", "none"):
-            return self.weights
+        if self.weights in ("imagenet", "none") or self.weights.startswith("sha256:"):
+            return self.weights  # names, or a user file's content id: no file to read
         digest = hashlib.sha256(Path(self.weights).read_bytes()).hexdigest()[:16]
         return f"file:{digest}"
 

@@ -30,6 +30,7 @@ into, something that merely got the same number after a drop.
   property of the membership; ``metadata_fts`` is its FTS5 index (BM25),
   kept in step by triggers, and a trigger on ``members`` deletes a
   membership's metadata with it, so no removal path can leave text behind.
+- ``user_models``: models registered from the user's own files (``store_models``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import sqlite_utils
 
 from .config import ExtractorConfig
 from .metadata import TOKENIZER
+from .store_models import UserModelRows
 
 
 class StoreError(RuntimeError):
@@ -124,7 +126,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class Store:
+class Store(UserModelRows):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
@@ -216,6 +218,7 @@ class Store:
                 {"config_id": int, "sha256": str, "dim": int, "vector": bytes, "added": str},
                 pk=("config_id", "sha256"), foreign_keys=[("config_id", "configs", "id")], if_not_exists=True,
             )
+            self._create_user_models()
         self.migrated = migrated
         self.fts_error = self._create_text_index()
 

@@ -23,17 +23,28 @@ class BackboneSpec:
     """A backbone as the registry lists it, before anything is built."""
 
     name: str
-    family: str  # "cnn" or "handcrafted"
+    family: str  # "cnn", "handcrafted", "adapted" (trained here) or "file" (the user's own)
     input_size: int
     dim: int
     licence: str
     source: str
     build: Callable[..., "Backbone"]
     readiness: Callable[[], str | None]  # None when ready offline, else why not
+    # Whether a configuration chooses the pooling of its feature map. None: only built-in CNNs do
+    # (hand-crafted and trained models fix theirs); a user's file says so by its output's rank.
+    poolable: bool | None = None
+    # The weights this backbone always uses (a user file's ``sha256:…``), so its configurations'
+    # keys, and so their vectors, belong to that content; None: the configuration's own.
+    weights: str | None = None
+    note: str = ""  # what the listing says of it when ready, instead of "ready offline"
+
+    @property
+    def pools(self) -> bool:
+        return self.family == "cnn" if self.poolable is None else self.poolable
 
     def ready(self) -> tuple[bool, str]:
         why = self.readiness()
-        return (why is None, why or "ready offline")
+        return (why is None, why or self.note or "ready offline")
 
 
 class Backbone(ABC):

@@ -81,6 +81,9 @@ class BulkIndexer:
             raise ServiceError(f"{cfg.backbone!r} was trained in this database, which Ray workers cannot read: "
                                "index with its base model on Ray, then search with it here (its vectors are "
                                "computed from the base model's without reading images)")
+        if spec.family == "file":
+            raise ServiceError(f"{cfg.backbone!r} was added to this database from a file, which Ray workers cannot "
+                               "read: index it with --engine in-process")
         config_id = self.store.config_id(cfg, spec.dim)
         files, skipped, given = self.sources(source, labels_csv)
         report = IndexReport(ref.name, cfg.key, device="", engine="ray")

@@ -1,9 +1,10 @@
 """The backbones one ``Studio`` can use, and the networks it has loaded.
 
-Why per Studio: a model trained with ``adapt`` belongs to the database that
-stores its weights. The built-in registry (``retrieval.backbones.REGISTRY``)
-is read-only; each Studio adds the trained models of its own database, and
-looks a name up in the database when another Studio or process trained it.
+Why per Studio: a model trained with ``adapt``, or registered from the
+user's own file (``user_models``), belongs to the database that stores it.
+The built-in registry (``retrieval.backbones.REGISTRY``) is read-only; each
+Studio adds the models of its own database, and looks a name up in the
+database when another Studio or process added it.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 from ..backbones import REGISTRY, SINGLE, Backbone, BackboneSpec, BackboneUnavailable, fusion, get_spec
 from ..backbones.adapted import spec_for
+from ..backbones.user_options import UserModelOptions
 from ..config import ExtractorConfig
 from ..runtime import RuntimeUnavailable, option
 from ..store import Store
 from .caches import Caches
 from .reports import ServiceError
+from .user_models import UserModels
 
-CNN_FAMILIES = ("cnn", "adapted")  # backbones that run a network and so have a device
+CNN_FAMILIES = ("cnn", "adapted", "file", "hub")  # backbones that run a network and so have a device
 
 
 def option_checked(name: str) -> str:
@@ -45,18 +49,26 @@ class Models:
         self._lock = threading.RLock()
         for row in store.adapted() if store is not None else ():
             self._register(row)
+        self.user = UserModels(store, store.path.parent) if store is not None else None
 
     # -- names --------------------------------------------------------------
     def spec(self, name: str) -> BackboneSpec:
         if name in REGISTRY or fusion.is_recipe(name):
             return get_spec(name)
         with self._lock:
-            if name not in self._trained:
-                # trained by another Studio on this database?
-                rows = self.store.adapted(name) if self.store is not None else []
-                if not rows:
-                    raise BackboneUnavailable(f"unknown model {name!r}; known: {', '.join([*REGISTRY, *self._trained])}")
-                self._register(rows[0])
+            if name in self._trained:
+                return self._trained[name]
+            if self.store is None:
+                raise BackboneUnavailable(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
+            # brought as a file, or trained, here or by another Studio on this database?
+            found = self.user.find(name)
+            if found is not None:
+                return found
+            rows = self.store.adapted(name)
+            if not rows:
+                known = [*REGISTRY, *self._trained, *self.user.specs]
+                raise BackboneUnavailable(f"unknown model {name!r}; known: {', '.join(known)}")
+            self._register(rows[0])
             return self._trained[name]
 
     def resolve(self, cfg: ExtractorConfig) -> ExtractorConfig:
@@ -70,7 +82,8 @@ class Models:
 
         chosen = remembered()
         out = []
-        for name, spec in [*REGISTRY.items(), *self._trained.items()]:
+        users = list(self.user.specs.items()) if self.user is not None else []
+        for name, spec in [*REGISTRY.items(), *self._trained.items(), *users]:
             ready, why = spec.ready()
             runtimes = {key: entry for key, entry in chosen.items() if key.split("|")[0] == spec.name}
             entry = {"name": name, "family": spec.family, "dim": spec.dim, "input_size": spec.input_size,
@@ -79,6 +92,8 @@ class Models:
             if fusion.is_recipe(name):  # what it is made of, and what it costs per image
                 recipe = fusion.parse(name, SINGLE)
                 entry.update(recipe=recipe.name, cost=recipe.cost(), status=f"{why} · {fusion.cost_note(recipe)}")
+            if spec.family == "file":
+                entry.update(user=self.user.describe(name))
             out.append(entry)
         return out
 
@@ -213,6 +228,8 @@ class Models:
     def add_trained(self, row: dict) -> None:
         if row["name"] in REGISTRY or fusion.is_recipe(row["name"]):
             raise ServiceError(f"{row['name']!r} is a built-in model's name")
+        if self.user.find(row["name"]) is not None:
+            raise ServiceError(f"{row['name']!r} is the name of a model added from a file")
         self.store.save_adapted(row)
         with self._lock:
             self._register(row)
@@ -248,3 +265,57 @@ class Models:
         if config_id is not None:
             self.caches.forget_config(config_id)
         return self.store.delete_adapted(name, cfg.key)
+
+    # -- models from the user's files ---------------------------------------------
+    def add_user(self, name: str, source: Path, options: UserModelOptions, replace: bool = False) -> dict:
+        """Register a file as backbone ``name``; ``replace`` removes the model of that name first.
+
+        The new file is copied and checked before anything is removed, so a
+        bad file leaves the old model as it was.
+        """
+        if name in REGISTRY or fusion.is_recipe(name) or (name or "").startswith(fusion.PREFIX):
+            raise ServiceError(f"{name!r} is a built-in model's name: choose another")
+        if self.store.adapted(name):
+            raise ServiceError(f"{name!r} is a model trained with adapt: choose another name")
+        if self.user.find(name) is not None and not replace:
+            raise ServiceError(f"a model named {name!r} exists already: remove it, or add with replace")
+        row = self.user.prepare(name, Path(source), options)
+        replaced = None
+        with self._lock:
+            if self.user.find(name) is not None:
+                if not replace:  # added meanwhile, by another thread
+                    self.user.discard(row["path"])
+                    raise ServiceError(f"a model named {name!r} exists already: remove it, or add with replace")
+                replaced = self._drop_user(name)
+            self.store.save_user_model(row)
+            self.user.register(self.store.user_models(name)[0])
+        if replaced is not None:
+            self.user.discard(replaced)  # kept when the new row names the same copy
+        return self.user.describe(name)
+
+    def delete_user(self, name: str) -> bool:
+        """A user model, every configuration's vectors made with it, its loaded network, caches and copy."""
+        with self._lock:
+            if self.user.find(name) is None:
+                return False
+            rel = self._drop_user(name)
+        self.user.discard(rel)
+        return True
+
+    def _drop_user(self, name: str) -> str:
+        """Everything of a user model but its copy, whose path is returned (another row may share it)."""
+        dependants = [r["name"] for r in self.store.adapted() if json.loads(r["base"]).get("backbone") == name]
+        if dependants:  # their heads were trained on this file's vectors: they would silently change meaning
+            raise ServiceError(f"{name} is the base of the adapted model(s) {', '.join(dependants)}: delete those "
+                               "first (delete_adapted), then remove or replace it")
+        with self._lock:
+            rel = self.user.rows[name]["path"]
+            self._loaded = {k: v for k, v in self._loaded.items() if k[0] != name}
+            config_ids = self.store.delete_user_model(name) or []
+            self.user.forget(name)
+        for config_id in config_ids:
+            self.caches.forget_config(config_id)
+        return rel
+
+    def user_models(self) -> list[dict]:
+        return [self.user.describe(row["name"]) for row in self.store.user_models() if self.user.find(row["name"])]
