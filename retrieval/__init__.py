@@ -10,6 +10,9 @@ The data path, one module per stage::
     studio = Studio("gallery.sqlite")
     studio.index("photos/", collection="holiday")
     result = studio.search("query.jpg", collection="holiday")
+    # with an image-text backbone (CLIP, SigLIP), words rank the images too
+    words = studio.search(TextQuery("a dog on a beach"), collection="holiday",
+                          cfg=ExtractorConfig(backbone="clip-vit-b32"))
     report = studio.evaluate(collection="holiday")
 """
 
@@ -24,6 +27,6 @@ __version__ = "0.1.0"
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from .config import ExtractorConfig, SearchConfig  # noqa: E402
-from .service import IndexReport, SearchResult, ServiceError, Studio  # noqa: E402
+from .service import IndexReport, SearchResult, ServiceError, Studio, TextQuery  # noqa: E402
 
-__all__ = ["ExtractorConfig", "IndexReport", "SearchConfig", "SearchResult", "ServiceError", "Studio"]
+__all__ = ["ExtractorConfig", "IndexReport", "SearchConfig", "SearchResult", "ServiceError", "Studio", "TextQuery"]

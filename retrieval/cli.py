@@ -13,9 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import cli_scale
+from . import cli_models, cli_scale
 from . import config as C
-from .metadata import DEFAULT_TEXT_MODE, DEFAULT_TEXT_WEIGHT, TEXT_MODES
+from .metadata import DEFAULT_TEXT_MODE, DEFAULT_TEXT_TARGET, DEFAULT_TEXT_WEIGHT, TEXT_MODES, TEXT_TARGETS
 from .pooling import POOLINGS
 from .rerank import describe as describe_reranks
 from .runtime import RUNTIMES
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list backbones, their dimension, and whether they work offline")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--db", help="also list the models trained with 'adapt' in this database")
+    p.add_argument("--db", help="also list the models trained with 'adapt' in, or added to, this database")
 
     p = sub.add_parser("runtimes", help="check every runtime against Keras on the reference photos: speed, "
                        "parity, and which one auto uses")
@@ -126,8 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(p)
     _add_index(p)
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
-    p.add_argument("--text", help="words to find in captions and tags (BM25; any word may match); alone, a text "
-                   "search that runs no model")
+    p.add_argument("--text", help="words: alone, ranked by an image-text backbone's text tower (--model clip-vit-b32, "
+                   "siglip-b16-224) or by captions and tags (BM25, no model runs), see --text-target; with an image, "
+                   "captions and tags filter or blend (--text-mode)")
+    p.add_argument("--text-target", default=DEFAULT_TEXT_TARGET, choices=TEXT_TARGETS,
+                   help="what words alone rank by: model (the backbone's text tower), metadata (captions and tags) or "
+                        f"auto (the text tower when the backbone has one); default: {DEFAULT_TEXT_TARGET}")
     p.add_argument("--text-mode", default=DEFAULT_TEXT_MODE, choices=TEXT_MODES,
                    help="with an image: filter (only images whose text matches, ranked by the image) or fuse "
                         f"(blend both scores, see --text-weight); default: {DEFAULT_TEXT_MODE}")
@@ -201,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete-model", help="delete a model trained with 'adapt', and its vectors")
     p.add_argument("name", help="the model's name, as 'models --db DB' lists it")
     p.add_argument("--db", help=DB_HELP)
+
+    cli_models.add_parsers(sub, DB_HELP)
 
     p = sub.add_parser("collections", help="list collections")
     p.add_argument("--db", help=DB_HELP)
@@ -358,7 +364,8 @@ def cmd_search(args) -> int:
         raise FileNotFoundError(f"no such image: {image}")
     studio = _studio(args)
     if image is None:
-        result = studio.search_text(args.text, args.collection, args.k)
+        result = studio.search_words(args.text, args.collection, _extractor(args), _search_config(args, args.k, studio),
+                                     args.text_target)
     elif args.text is not None:
         result = studio.search_combined(image, args.text, args.collection, _extractor(args),
                                         _search_config(args, args.k), args.text_mode, args.text_weight)
@@ -369,12 +376,15 @@ def cmd_search(args) -> int:
         return 0
     for hit in result.hits:
         print(f"{hit.rank:>3}  {hit.score:9.4f}  {hit.label or '-':<16} {_shown(hit.path) or hit.name}")
-    if result.text is not None:
+    if result.text is not None and result.text["mode"] == "model":
+        print(f"text: {result.text['query']!r} embedded by the text tower of {result.text['model']}")
+    elif result.text is not None:
         print(f"text: {', '.join(result.text['terms'])} ({result.text['mode']}); {result.text['matched']} images match")
         if image is None:
             return 0
     t = result.timings
-    print(f"decode {t['decode_ms']:.1f} ms, embed {t['embed_ms']:.1f} ms, search {t['search_ms']:.1f} ms on {result.device}, {result.runtime}")
+    decode = f"decode {t['decode_ms']:.1f} ms, " if "decode_ms" in t else ""
+    print(f"{decode}embed {t['embed_ms']:.1f} ms, search {t['search_ms']:.1f} ms on {result.device}, {result.runtime}")
     if "served_by" in result.search:
         print(f"served by {result.search['served_by']}: {int(t.get('candidates', 0))} candidates in "
               f"{t.get('milvus_ms', 0):.1f} ms, re-scored ({result.search['metric']}, {result.search['rerank']}) "
@@ -573,7 +583,8 @@ def cmd_unpublish(args) -> int:
 
 
 COMMANDS = {"publish": cmd_publish, "unpublish": cmd_unpublish, "models": cmd_models, "runtimes": cmd_runtimes, "adapt": cmd_adapt, "explain": cmd_explain, "delete-model": cmd_delete_model, "index": cmd_index, "search": cmd_search, "evaluate": cmd_evaluate,
-            "remove": cmd_remove, "collections": cmd_collections, "drop": cmd_drop, "metadata": cmd_metadata}
+            "remove": cmd_remove, "collections": cmd_collections, "drop": cmd_drop, "metadata": cmd_metadata,
+            **cli_models.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,12 @@ score ``t(x_q) . t(x_r)`` splits exactly into per-position terms:
     query map:  c_q(s) = L (a_q[s] * x_q - m / S) / n_q  .  t(x_r)
     result map: c_r(s) = L (a_r[s] * x_r - m / S) / n_r  .  t(x_q)
 
+A vision transformer's patch-mean descriptor (DINOv2 ``…-patchmean``) is the
+plain mean of its patch tokens, which may be negative: ``v = sum_s F[s] / S``,
+so ``a[s] * x = F[s] / (S |v|)`` exactly and the same split holds (``mean``).
+A CLS token or an attention-pooling head mixes the patches non-linearly, so
+those descriptors are not split (the backbone says why).
+
 Each map sums to the score (tested to float tolerance). Positive terms are
 regions that pull the two images together, negative ones push them apart.
 Re-ranking (aQE, DBA) mixes in other gallery images, so the maps explain the
@@ -64,9 +70,13 @@ def position_shares(fmap: np.ndarray, kind: str, p: float = DEFAULT_GEM_P) -> np
 
 def _parts(fmap: np.ndarray, kind: str, p: float, whitening: Whitening | None):
     """Per-position pieces of t(x), and t(x) itself."""
-    x = l2_normalize(pool(np.asarray(fmap, np.float32)[None], kind, p))[0].astype(np.float64)
-    shares = position_shares(fmap, kind, p)
-    pieces = shares * x  # (S, C): sums over s to x
+    if kind == "mean":  # signed tokens, linear pooling: each position's own term
+        f = np.asarray(fmap, np.float64).reshape(-1, fmap.shape[-1])
+        v = f.mean(axis=0)
+        pieces = f / (len(f) * max(float(np.linalg.norm(v)), 1e-12))  # (S, C): sums over s to x = v / |v|
+    else:
+        x = l2_normalize(pool(np.asarray(fmap, np.float32)[None], kind, p))[0].astype(np.float64)
+        pieces = position_shares(fmap, kind, p) * x  # (S, C): sums over s to x
     if whitening is not None:
         pieces = pieces - np.asarray(whitening.mean, np.float64) / len(pieces)
         if whitening.projection is not None:
@@ -78,7 +88,11 @@ def _parts(fmap: np.ndarray, kind: str, p: float, whitening: Whitening | None):
 
 def contributions(fmap_q: np.ndarray, fmap_r: np.ndarray, kind: str = "gem", p: float = DEFAULT_GEM_P,
                   whitening: Whitening | None = None) -> Explanation:
-    """Exact per-position split of the cosine score between two feature maps."""
+    """Exact per-position split of the cosine score between two feature maps.
+
+    ``kind``: the pooling that made the descriptors (gem, gap, mac), or
+    ``mean`` for signed token maps pooled by their plain mean.
+    """
     pieces_q, t_q = _parts(fmap_q, kind, p, whitening)
     pieces_r, t_r = _parts(fmap_r, kind, p, whitening)
     score = float(t_q @ t_r)

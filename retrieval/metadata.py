@@ -29,6 +29,11 @@ import numpy as np
 
 SIDECAR = "metadata.csv"  # read from a folder's or a zip's root; never an image
 TEXT_MODES = ("filter", "fuse")  # with an image query: keep only text matches, or blend both scores
+# What words alone rank by: the backbone's text tower (an image-text model such as CLIP or
+# SigLIP embeds the words into the images' space), the captions and tags (BM25), or "auto":
+# the text tower when the chosen backbone has one, else the captions and tags.
+TEXT_TARGETS = ("auto", "model", "metadata")
+DEFAULT_TEXT_TARGET = "auto"
 DEFAULT_TEXT_MODE = "fuse"
 DEFAULT_TEXT_WEIGHT = 0.5
 # unicode61 folds case and (with remove_diacritics 2) accents; porter stems English

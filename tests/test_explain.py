@@ -34,6 +34,22 @@ def test_contributions_sum_to_the_engines_score(kind, p, post):
     assert e.result_map.sum() == pytest.approx(e.score, abs=1e-6)
 
 
+@pytest.mark.parametrize("post", ["none", "center", "pca"])
+def test_signed_token_maps_split_exactly_under_mean_pooling(post):
+    """A ViT's patch tokens are signed; their plain mean (DINOv2 patch-mean) still splits exactly."""
+    rng = np.random.default_rng(2)
+    tokens = rng.normal(0, 1, (40, 4, 4, 24)).astype(np.float32)
+    vectors = l2_normalize(tokens.reshape(40, -1, 24).mean(axis=1))
+    whitening = {"none": None, "center": fit_centering(vectors), "pca": fit_whitening(vectors)}[post]
+    e = contributions(tokens[0], tokens[1], "mean", 0.0, whitening)
+    space = whitening.apply(vectors[:2]) if whitening is not None else vectors[:2]
+    assert e.score == pytest.approx(float(space[0] @ space[1]), abs=1e-5)
+    assert e.query_map.shape == (4, 4)
+    assert e.query_map.sum() == pytest.approx(e.score, abs=1e-6)
+    assert e.result_map.sum() == pytest.approx(e.score, abs=1e-6)
+    assert (e.query_map < 0).any() and (e.query_map > 0).any()  # signed tokens push as well as pull
+
+
 def test_real_photos_match_the_search_score(studio, indexed, photo_folder):
     """On real photos through the Studio: the maps sum to the score search reports without re-ranking.
 

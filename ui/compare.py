@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from retrieval import TextQuery
 from retrieval.config import DEFAULT_WHITEN
 from retrieval.runtime import RUNTIMES
 
@@ -44,6 +45,10 @@ class CompareTab:
                         device = device_radio(page, f"{side.upper()} · Device")
                         runtime = gr.Dropdown(list(RUNTIMES), value=page.backend.settings.runtime,
                                               label=f"{side.upper()} · Runtime")
+                    if side == "b":  # words against A's image, with an image-text backbone
+                        self.b_text = gr.Textbox("", label="B · words instead of the image", max_lines=1,
+                                                 elem_id="compare-b-text", placeholder="e.g. a red car",
+                                                 info="ranked by B's text tower: pick CLIP or SigLIP as B's backbone")
                     results = gr.Gallery(label=f"{side.upper()} results", elem_id=f"compare-{side}", columns=3,
                                          height=360, object_fit="contain", interactive=False)
                     timings = gr.Markdown(elem_classes=["timing"])
@@ -63,7 +68,8 @@ class CompareTab:
 
         (a_menus, a_device, a_runtime, a_results, a_timings, a_hits) = sides["a"]
         (b_menus, b_device, b_runtime, b_results, b_timings, b_hits) = sides["b"]
-        inputs = [self.query, *a_menus, *b_menus, self.k, a_device, b_device, a_runtime, b_runtime, page.session]
+        inputs = [self.query, *a_menus, *b_menus, self.k, a_device, b_device, a_runtime, b_runtime, self.b_text,
+                  page.session]
         outputs = [a_results, a_timings, b_results, b_timings, agreement, page.session, a_hits, b_hits]
         hide = [self.actions, why_panel, self.picked]
 
@@ -112,17 +118,18 @@ class CompareTab:
 
     @friendly
     def compare(self, query, a_backbone, a_pooling, a_metric, a_rerank, b_backbone, b_pooling, b_metric, b_rerank,
-                k=8, a_device="auto", b_device="auto", a_runtime=None, b_runtime=None, session=None,
+                k=8, a_device="auto", b_device="auto", a_runtime=None, b_runtime=None, b_text="", session=None,
                 request: gr.Request = None):
-        """Two configurations on one query, side by side, with their agreement."""
+        """Two configurations on one query (or B on words), side by side, with their agreement."""
+        b_text = (b_text or "").strip()
         if query is None:
-            raise gr.Error("Choose a query image first.")
+            raise gr.Error("Choose a query image first." + (" A ranks by the image; B by the words." if b_text else ""))
         page = self.page
         page.backend.wait()
         s = page.sessions.open(session, request)
         a = page.sessions.configs(s.collection, a_backbone, a_pooling, a_metric, a_rerank, DEFAULT_WHITEN, k)
         b = page.sessions.configs(s.collection, b_backbone, b_pooling, b_metric, b_rerank, DEFAULT_WHITEN, k)
         cmp = page.studio.compare(query, s.collection, a, b, devices=(a_device, b_device),
-                                  runtimes=(a_runtime, b_runtime))
+                                  runtimes=(a_runtime, b_runtime), b_query=TextQuery(b_text) if b_text else None)
         return (captions(cmp.a), timing_line(cmp.a), captions(cmp.b), timing_line(cmp.b),
                 with_note(s, agreement_line(cmp.agreement)), kept(s), picks(cmp.a), picks(cmp.b))

@@ -54,7 +54,8 @@ def timing_line(result) -> str:
     words = f" · text **{t['text_ms']:.1f} ms**" if "text_ms" in t else ""
     served = (getattr(result, "search", None) or {}).get("served_by")
     where = f" · served from **{one_line(served)}**" if served else ""
-    line = (f"decode **{t['decode_ms']:.1f} ms** · embed **{t['embed_ms']:.1f} ms** · search **{t['search_ms']:.1f} ms** "
+    decode = f"decode **{t['decode_ms']:.1f} ms** · " if "decode_ms" in t else ""  # words have no image to decode
+    line = (f"{decode}embed **{t['embed_ms']:.1f} ms** · search **{t['search_ms']:.1f} ms** "
             f"({rerank}){words} · total **{t['total_ms']:.1f} ms** on **{result.device}** · **{result.runtime}**{where}")
     return f"{text_line(text)}\n\n{line}" if text else line
 
@@ -62,6 +63,9 @@ def timing_line(result) -> str:
 def text_line(text: dict) -> str:
     """Which kind of text search ran: words alone, or with the image as a filter or a blend."""
     words = ", ".join(code(w) for w in text.get("terms", [])) or "“”"
+    if text["mode"] == "model":  # words embedded by an image-text backbone's text tower
+        return (f"**Ranked by the image content**: the words {code(text['query'])} were embedded by the text tower "
+                f"of {code(text['model'])} and compared with every image's vector (captions and tags were not used).")
     if text["mode"] == "text":
         return (f"**Searched captions and tags** for {words}: {text['matched']} of {text.get('described', '?')} "
                 "described images matched (images without a caption or tags cannot be found this way).")

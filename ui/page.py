@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from retrieval import SearchConfig
+from retrieval.backbones import hub
 from retrieval.config import DEFAULT_BACKBONE
 from retrieval.service.jobs import Jobs
 
@@ -67,12 +68,28 @@ class Page:
         return event
 
 
+def menu_models(models: list[dict], online) -> list[str]:
+    """What the Backbone menus offer: the ready models, plus the KerasHub ones that would download now.
+
+    ``online`` (a callable, asked only when there is something to download)
+    says whether the hub answers; on a Space with network access DINOv2 and
+    CLIP are then in the menus with no change, and where nothing can be
+    fetched they stay listed as "downloads on first use" without a menu entry.
+    """
+    names = [m["name"] for m in models if m["ready"]]
+    later = [m["name"] for m in models if not m["ready"] and hub.downloadable(m["name"])]
+    return names + later if later and online() else names
+
+
 def build(backend: Backend) -> gr.Blocks:
     from . import adapt, compare, evaluate, gallery, search
 
     models = backend.studio.models()
-    ready = [m["name"] for m in models if m["ready"]]
-    not_ready = "\n".join(f"- `{m['name']}`: {m['status']}" for m in models if not m["ready"])
+    ready = menu_models(models, online=lambda: hub.reachable(1.5))
+    not_ready = "\n".join(f"- `{m['name']}`: {m['status']}" for m in models if m["name"] not in ready)
+    downloads = [m for m in models if m["name"] in ready and not m["ready"]]
+    if downloads:  # offered, and fetched into the data folder the first time someone picks one
+        not_ready = "\n".join([not_ready, *(f"- `{m['name']}` (in the menus): {m['status']}" for m in downloads)])
     fusion_costs = "".join(f" · {m['name']}: ≈ {m['cost']:.1f}× lite1 per image" for m in models
                            if m["ready"] and m.get("cost"))
     model_choices = ready or [DEFAULT_BACKBONE]
@@ -99,7 +116,8 @@ def build(backend: Backend) -> gr.Blocks:
             with gr.Tab("Search", id="search"):
                 search_tab = search.SearchTab(page)
                 if not_ready:
-                    with gr.Accordion("Backbones not ready on this machine", open=False):
+                    with gr.Accordion("Backbones not ready on this machine, or downloaded on first use",
+                                      open=False, elem_id="not-ready-models"):
                         gr.Markdown(not_ready)
             with gr.Tab("Compare", id="compare"):
                 compare_tab = compare.CompareTab(page)

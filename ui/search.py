@@ -8,7 +8,7 @@ import pandas as pd
 
 from retrieval import SearchConfig
 from retrieval.config import DEFAULT_BACKBONE, DEFAULT_METRIC, DEFAULT_RERANK, DEFAULT_WHITEN, WHITENINGS
-from retrieval.metadata import DEFAULT_TEXT_MODE, DEFAULT_TEXT_WEIGHT, TEXT_MODES
+from retrieval.metadata import DEFAULT_TEXT_MODE, DEFAULT_TEXT_TARGET, DEFAULT_TEXT_WEIGHT, TEXT_MODES, TEXT_TARGETS
 from retrieval.runtime import RUNTIMES
 
 from .formatting import captions, picked_note, picks, timing_line
@@ -25,9 +25,15 @@ class SearchTab:
                                       sources=["upload", "webcam", "clipboard"], height=300)
                 examples = gr.Examples(page.examples, inputs=self.query, label="Example queries (click to search)",
                                        elem_id="search-examples")
-                self.text = gr.Textbox("", label="…and/or words for the captions and tags", elem_id="text-query",
+                self.text = gr.Textbox("", label="…and/or words", elem_id="text-query",
                                        placeholder="e.g. sleepy cat", max_lines=1,
-                                       info="alone: ranks by metadata (BM25) · with an image: filters or blends")
+                                       info="alone: ranked by an image-text backbone's text tower (CLIP, SigLIP) or "
+                                            "by captions and tags (BM25) · with an image: filters or blends by "
+                                            "captions and tags")
+                self.text_target = gr.Radio(list(TEXT_TARGETS), value=DEFAULT_TEXT_TARGET, label="Words alone rank by",
+                                            info="model: the backbone's text tower · metadata: captions and tags · "
+                                                 "auto: the text tower when the backbone has one",
+                                            elem_id="text-target")
                 with gr.Row():
                     self.text_mode = gr.Radio(list(TEXT_MODES), value=DEFAULT_TEXT_MODE, label="Words with an image",
                                               info="filter: only images whose text matches · fuse: blend the scores",
@@ -68,7 +74,7 @@ class SearchTab:
 
     def _wire(self, page, button, examples, why_button, again_button):
         inputs = [self.query, self.backbone, self.pooling, self.metric, self.rerank, self.whiten, self.k, self.device,
-                  self.runtime, self.text, self.text_mode, self.text_weight, page.session]
+                  self.runtime, self.text, self.text_mode, self.text_weight, self.text_target, page.session]
         outputs = [self.results, self.timings, page.session, self.hits]
         closed = [self.actions, self.why_panel, self.picked]
 
@@ -94,8 +100,9 @@ class SearchTab:
     @friendly
     def search(self, query, backbone=DEFAULT_BACKBONE, pooling="gem", metric=DEFAULT_METRIC, rerank=DEFAULT_RERANK,
                whiten=DEFAULT_WHITEN, k=8, device="auto", runtime=None, text="", text_mode=DEFAULT_TEXT_MODE,
-               text_weight=DEFAULT_TEXT_WEIGHT, session=None, request: gr.Request = None):
-        """Rank the gallery against the query image, its captions and tags against words, or both."""
+               text_weight=DEFAULT_TEXT_WEIGHT, text_target=DEFAULT_TEXT_TARGET, session=None,
+               request: gr.Request = None):
+        """Rank the gallery against the query image, against words (text tower, or captions and tags), or both."""
         text = (text or "").strip()
         if query is None and not text:
             raise gr.Error("Choose a query image first (upload, webcam, paste, or click a gallery image), "
@@ -103,10 +110,11 @@ class SearchTab:
         page = self.page
         page.backend.wait()
         s = page.sessions.open(session, request)
+        cfg, scfg = page.sessions.configs(s.collection, backbone, pooling, metric, rerank, whiten, k)
         if query is None:
-            result = page.studio.search_text(text, s.collection, int(k))
+            result = page.studio.search_words(text, s.collection, cfg, scfg, target=text_target, device=device,
+                                              runtime=runtime)
         else:
-            cfg, scfg = page.sessions.configs(s.collection, backbone, pooling, metric, rerank, whiten, k)
             if text:
                 result = page.studio.search_combined(query, text, s.collection, cfg, scfg, text_mode=text_mode,
                                                      text_weight=float(text_weight), device=device, runtime=runtime)

@@ -12,7 +12,8 @@
 - ``reports``: the values handed back.
 """
 
-from .reports import AdaptReport, Comparison, Hit, IndexReport, SearchResult, ServiceError, Session
+from .reports import AdaptReport, Comparison, Hit, IndexReport, SearchResult, ServiceError, Session, TextQuery
 from .studio import Studio
 
-__all__ = ["AdaptReport", "Comparison", "Hit", "IndexReport", "SearchResult", "ServiceError", "Session", "Studio"]
+__all__ = ["AdaptReport", "Comparison", "Hit", "IndexReport", "SearchResult", "ServiceError", "Session", "Studio",
+           "TextQuery"]

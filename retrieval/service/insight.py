@@ -43,7 +43,14 @@ class Insight:
         if self.models.spec(cfg.backbone).family == "adapted":
             cfg = self.models.resolve(self.models.base_config(cfg.backbone))  # a trained head is not linear
         backbone = self.models.backbone(cfg)
-        if not hasattr(backbone, "feature_maps"):
+        refusal = getattr(backbone, "explain_refusal", None)
+        if refusal:
+            raise ServiceError(refusal)
+        if hasattr(backbone, "patch_tokens"):  # a ViT whose descriptor is the mean of its patch tokens
+            maps_of, pooling, gem_p = backbone.patch_tokens, "mean", 0.0
+        elif hasattr(backbone, "feature_maps"):
+            maps_of, pooling, gem_p = backbone.feature_maps, cfg.pooling, cfg.gem_p
+        else:
             raise ServiceError(f"{cfg.backbone} has no feature map to explain; choose a CNN backbone")
         if isinstance(result, str) and not Path(result).is_file():
             member = next((m for m in self.searcher.store.members(ref.id) if result in (m.name, m.path, m.sha256)), None)
@@ -51,9 +58,8 @@ class Insight:
                 raise ServiceError(f"no image {result!r} in the gallery {ref.name!r}")
             result = member.path
         whitening = self.searcher.ranker(ref, cfg, scfg)[0].whitening if scfg.whiten != "none" else None
-        maps = backbone.feature_maps(np.stack([self._image(query, backbone.input_size),
-                                               self._image(result, backbone.input_size)]))
-        explanation = contributions(maps[0], maps[1], cfg.pooling, cfg.gem_p, whitening)
+        maps = maps_of(np.stack([self._image(query, backbone.input_size), self._image(result, backbone.input_size)]))
+        explanation = contributions(maps[0], maps[1], pooling, gem_p, whitening)
         scale = max(float(np.abs(explanation.query_map).max()), float(np.abs(explanation.result_map).max()), 1e-12)
         images = []
         for image, heat in ((query, explanation.query_map), (result, explanation.result_map)):

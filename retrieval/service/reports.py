@@ -148,6 +148,17 @@ class SearchResult:
         return out
 
 
+@dataclass(frozen=True)
+class TextQuery:
+    """Words as a query for an image-text backbone: its text tower embeds them into the images' space.
+
+    Passed wherever an image query goes (``Studio.search``, ``compare``), so
+    ranking, re-ranking, Milvus and the timings need no second code path.
+    """
+
+    text: str
+
+
 @dataclass
 class Comparison:
     a: SearchResult

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,14 @@ from .caches import Caches
 from .indexing import Indexer, Progress
 from .models import Models
 from .publishing import Publisher
-from .reports import CollectionRef, Comparison, Hit, SearchResult, ServiceError
+from .reports import CollectionRef, Comparison, Hit, SearchResult, ServiceError, TextQuery
+
+
+def _text_info(query, cfg: ExtractorConfig) -> dict | None:
+    """What a words query ranked by, for the result line ("the text tower of clip-vit-b32")."""
+    if not isinstance(query, TextQuery):
+        return None
+    return {"query": query.text, "mode": "model", "model": cfg.backbone, "terms": [], "weight": None, "matched": None}
 
 
 def _ms(start: float) -> float:
@@ -144,7 +151,9 @@ class Searcher:
     # -- queries ------------------------------------------------------------------
     def embed_query(self, image, cfg: ExtractorConfig, device: str | None = None,
                     runtime: str | None = None) -> tuple[np.ndarray, dict[str, float], Backbone]:
-        """A path, bytes, a PIL image or an RGB array -> its L2-normalised vector (and what made it)."""
+        """A path, bytes, a PIL image, an RGB array or a ``TextQuery`` -> its L2-normalised vector (and what made it)."""
+        if isinstance(image, TextQuery):
+            return self._embed_text(image, cfg, device, runtime)
         backbone = self.models.backbone(cfg, device, runtime)
         start = time.perf_counter()
         try:
@@ -156,9 +165,43 @@ class Searcher:
         vector = l2_normalize(backbone.embed(pixels[None]))[0]
         return vector, {"decode_ms": decode_ms, "embed_ms": _ms(start)}, backbone
 
+    def _embed_text(self, query: TextQuery, cfg: ExtractorConfig, device: str | None, runtime: str | None):
+        """Words -> the text tower's L2-normalised vector; refused before any model loads when there is none."""
+        from ..backbones import text_models
+
+        text = " ".join(str(query.text or "").split())
+        if not text:
+            raise ServiceError("the text is empty: type some words")
+        backbone = (self.models.backbone(cfg, device, runtime)
+                    if self.models.spec(cfg.backbone).name in text_models() else None)
+        if not callable(getattr(backbone, "text_embed", None)):
+            raise ServiceError(f"{cfg.backbone} has no text tower, so words cannot rank its vectors: choose an "
+                               f"image-text backbone ({', '.join(text_models())}), or search the captions and tags")
+        start = time.perf_counter()
+        vector = l2_normalize(backbone.text_embed([text]))[0]
+        return vector, {"embed_ms": _ms(start)}, backbone
+
+    @staticmethod
+    def for_query(image, scfg: SearchConfig) -> SearchConfig:
+        """How a query of this kind ranks: words are never centred or whitened on the images' statistics.
+
+        Centring and PCA-whitening are learned on image vectors; applied to a
+        text vector they would move it by the images' mean, which says nothing
+        about the words. Re-ranking stays: it works on the gallery's side.
+        """
+        if not isinstance(image, TextQuery):
+            return scfg
+        from .. import distances
+
+        if distances.METRICS[scfg.metric].whitened:
+            raise ServiceError(f"the {scfg.metric} metric is learned on the images' vectors; rank words with cosine "
+                               "or euclidean")
+        return replace(scfg, whiten="none")
+
     def search(self, image, ref: CollectionRef, cfg: ExtractorConfig, scfg: SearchConfig, device: str | None = None,
                progress: Progress | None = None, runtime: str | None = None) -> SearchResult:
         cfg = self.models.resolve(cfg)
+        scfg = self.for_query(image, scfg)
         if self.served_by_milvus(ref, scfg):
             return self._search_milvus(image, ref, cfg, scfg, device, runtime, progress)
         return self._search(image, ref, cfg, scfg, device, runtime, progress)[0]
@@ -181,7 +224,7 @@ class Searcher:
         timings = {**timings, "search_ms": _ms(start), **found, "total_ms": _ms(started)}
         where = self.store.vector_index(ref.id)
         search = {**asdict(scfg), "served_by": describe(where["uri"]) if where else "milvus"}
-        return SearchResult(hits, timings, backbone.device, cfg.key, search, backbone.runtime)
+        return SearchResult(hits, timings, backbone.device, cfg.key, search, backbone.runtime, _text_info(image, cfg))
 
     def _search(self, image, ref, cfg, scfg, device, runtime, progress) -> tuple[SearchResult, Gallery, Ranker, np.ndarray]:
         started = time.perf_counter()
@@ -194,22 +237,24 @@ class Searcher:
         for rank, (row, score) in enumerate(zip(ranking.indices[0], ranking.scores[0]), start=1):
             m = gallery.members[row]
             hits.append(Hit(rank, m.name, m.path, m.label, float(score), m.sha256))
-        result = SearchResult(hits, timings, backbone.device, cfg.key, asdict(scfg), backbone.runtime)
+        result = SearchResult(hits, timings, backbone.device, cfg.key, asdict(scfg), backbone.runtime,
+                              _text_info(image, cfg))
         return result, gallery, ranker, vector
 
     def compare(self, image, ref: CollectionRef, a: tuple[ExtractorConfig, SearchConfig],
                 b: tuple[ExtractorConfig, SearchConfig], devices: tuple[str | None, str | None] = (None, None),
                 progress: Progress | None = None,
-                runtimes: tuple[str | None, str | None] = (None, None)) -> Comparison:
-        """Two configurations, one query: both result lists and how they agree."""
-        for _, scfg in (a, b):
-            if self.served_by_milvus(ref, scfg):
+                runtimes: tuple[str | None, str | None] = (None, None), b_query=None) -> Comparison:
+        """Two configurations, one query (or ``b_query`` for B, e.g. words against A's image): both lists and how they agree."""
+        queries = (image, image if b_query is None else b_query)
+        for query, (_, scfg) in zip(queries, (a, b)):
+            if self.served_by_milvus(ref, self.for_query(query, scfg)):
                 raise ServiceError("Compare ranks the whole gallery, which a Milvus-served gallery never loads: "
                                    "compare with index 'exact'")
         results, orders = [], []
-        for (cfg, scfg), device, runtime in zip((a, b), devices, runtimes):
-            result, gallery, ranker, vector = self._search(image, ref, self.models.resolve(cfg), scfg, device, runtime,
-                                                           progress)
+        for query, (cfg, scfg), device, runtime in zip(queries, (a, b), devices, runtimes):
+            result, gallery, ranker, vector = self._search(query, ref, self.models.resolve(cfg),
+                                                           self.for_query(query, scfg), device, runtime, progress)
             results.append(result)
             orders.append((gallery, ranker.full_order(vector[None])[0]))
         # Align both orders on image identity: the two galleries may differ

@@ -85,7 +85,7 @@ class Studio:
 
     # -- models -------------------------------------------------------------
     def models(self) -> list[dict]:
-        """Every backbone this Studio can use: built-in ones and those trained in its database."""
+        """Every backbone this Studio can use: built-in ones, and those trained in or added to its database."""
         return self._models.listing()
 
     def runtime_trials(self, cfg: ExtractorConfig = ExtractorConfig(), device: str | None = None) -> list[dict]:
@@ -190,7 +190,8 @@ class Studio:
     def search(self, image, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
                scfg: SearchConfig = SearchConfig(), device: str | None = None,
                progress: Progress | None = None, runtime: str | None = None) -> SearchResult:
-        """Rank the collection against an image (path, bytes, PIL image or RGB array)."""
+        """Rank the collection against an image (path, bytes, PIL image or RGB array), or against
+        words (``TextQuery``) with an image-text backbone such as CLIP or SigLIP."""
         return self._searcher.search(image, self._galleries.ref(collection), cfg, scfg, device, progress, runtime)
 
     # -- Milvus-served galleries (the ``scale`` extra) ----------------------------
@@ -234,6 +235,17 @@ class Studio:
         """
         return self._text.search_text(self._galleries.ref(collection), text, k)
 
+    def search_words(self, text: str, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
+                     scfg: SearchConfig = SearchConfig(), target: str = "auto", device: str | None = None,
+                     runtime: str | None = None) -> SearchResult:
+        """Words alone: ranked by the backbone's text tower (CLIP, SigLIP), or by captions and tags.
+
+        ``target``: "model", "metadata" or "auto" (the text tower when the
+        backbone has one). ``result.text["mode"]`` says which ran: "model" or
+        "text" (captions and tags).
+        """
+        return self._text.words(self._galleries.ref(collection), text, cfg, scfg, target, device, runtime)
+
     def search_combined(self, image, text: str, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
                         scfg: SearchConfig = SearchConfig(), text_mode: str = DEFAULT_TEXT_MODE,
                         text_weight: float = DEFAULT_TEXT_WEIGHT, device: str | None = None,
@@ -252,9 +264,14 @@ class Studio:
     def compare(self, image, collection: str, a: tuple[ExtractorConfig, SearchConfig],
                 b: tuple[ExtractorConfig, SearchConfig], devices: tuple[str | None, str | None] = (None, None),
                 progress: Progress | None = None,
-                runtimes: tuple[str | None, str | None] = (None, None)) -> Comparison:
-        """Two configurations, one query: both result lists and how they agree."""
-        return self._searcher.compare(image, self._galleries.ref(collection), a, b, devices, progress, runtimes)
+                runtimes: tuple[str | None, str | None] = (None, None), b_query=None) -> Comparison:
+        """Two configurations, one query: both result lists and how they agree.
+
+        ``b_query``: another query for B, e.g. ``TextQuery("…")`` with an
+        image-text backbone, to set words against A's image query.
+        """
+        return self._searcher.compare(image, self._galleries.ref(collection), a, b, devices, progress, runtimes,
+                                      b_query)
 
     def evaluate(self, collection: str = "default", cfg: ExtractorConfig = ExtractorConfig(),
                  scfg: SearchConfig = SearchConfig(), queries: str | Path | None = None,
@@ -317,6 +334,30 @@ class Studio:
 
     def delete_adapted(self, name: str) -> bool:
         return self._models.delete_trained(name)
+
+    # -- models from the user's own files -------------------------------------------------
+    def add_model(self, name: str, file: str | Path, layer: str | None = None, input_size: int | None = None,
+                  preprocess: str = "none", custom_objects: Sequence[str] = (), replace: bool = False) -> dict:
+        """Register a ``.keras`` file, a SavedModel folder or an ``.onnx`` file as the backbone ``name``.
+
+        The file is copied into the data folder by content hash; ``layer``
+        cuts the model there (or picks one of several outputs);
+        ``preprocess`` is a name of ``user_options.PREPROCESS`` or
+        ``scale=S,mean=a/b/c,std=d/e/f``; ``custom_objects`` are
+        ``module:Attr`` names imported to load it (none by default: safe
+        mode). Returns the registered model (dim, input size, output kind).
+        """
+        from ..backbones.user_options import UserModelOptions
+
+        options = UserModelOptions(layer, input_size, preprocess, tuple(custom_objects))
+        return self._models.add_user(name, Path(file), options, replace)
+
+    def remove_model(self, name: str) -> bool:
+        """A model added from a file, every vector made with it, and its copy (unless another name shares it)."""
+        return self._models.delete_user(name)
+
+    def user_models(self) -> list[dict]:
+        return self._models.user_models()
 
     # -- galleries and sessions -------------------------------------------------------
     def members(self, collection: str, limit: int | None = None) -> list[Member]:

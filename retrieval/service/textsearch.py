@@ -22,6 +22,7 @@ from ..evaluation import EvalReport, leave_one_out, query_gallery
 from ..files import SourceFile, match_key, scan_folder
 from ..metadata import (
     SIDECAR,
+    TEXT_TARGETS,
     MetadataError,
     check_mode,
     check_weight,
@@ -36,7 +37,7 @@ from ..store import Member, StoreError
 from ..uploads import intake
 from .evaluating import Evaluator, HeldOut
 from .indexing import Progress
-from .reports import CollectionRef, Hit, SearchResult, ServiceError
+from .reports import CollectionRef, Hit, SearchResult, ServiceError, TextQuery
 from .searching import Searcher
 
 LABEL = "metadata (captions + tags, BM25)"  # how an evaluation row of text retrieval is named
@@ -79,6 +80,29 @@ class TextSearch:
                      "described": len(self.store.metadata(ref.id))}
         return SearchResult(hits, {"search_ms": elapsed, "total_ms": elapsed}, "none (text search)", "metadata",
                             {"k": k, "ranking": "bm25"}, "", text_info)
+
+    def words(self, ref: CollectionRef, text: str, cfg: ExtractorConfig, scfg: SearchConfig, target: str = "auto",
+              device: str | None = None, runtime: str | None = None) -> SearchResult:
+        """Words alone, ranked by the backbone's text tower or by the captions and tags (``TEXT_TARGETS``).
+
+        ``auto`` takes the text tower when the backbone has one (CLIP, SigLIP):
+        it finds images nobody described. The result's ``text["mode"]`` says
+        which ran ("model" or "text"), so every caller can tell the user.
+        """
+        if target not in TEXT_TARGETS:
+            raise ServiceError(f"unknown text target {target!r}: choose one of {', '.join(TEXT_TARGETS)}")
+        if target == "model" or (target == "auto" and self.has_text_tower(cfg.backbone)):
+            return self.searcher.search(TextQuery(text), ref, cfg, scfg, device, runtime=runtime)
+        return self.search_text(ref, text, scfg.k)
+
+    def has_text_tower(self, backbone: str) -> bool:
+        """Whether words can rank this backbone's vectors, known from its spec (nothing is loaded)."""
+        from ..backbones import BackboneUnavailable, text_models
+
+        try:
+            return self.searcher.models.spec(backbone).name in text_models()
+        except BackboneUnavailable:
+            return False
 
     def combined(self, image, ref: CollectionRef, cfg: ExtractorConfig, scfg: SearchConfig, text: str, mode: str,
                  weight: float, device: str | None = None, progress: Progress | None = None,

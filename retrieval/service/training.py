@@ -28,6 +28,18 @@ from .models import Models
 from .reports import AdaptReport, CollectionRef, ServiceError
 from .searching import Searcher
 
+# What a head trains on: the cached vectors of any network backbone (a built-in CNN,
+# a KerasHub transformer, the user's own model). Fine-tuning unfreezes the top blocks
+# of a built-in CNN, so it starts from one of those only.
+HEAD_BASES = ("cnn", "hub", "file")
+
+
+def _base_refusal(name: str, family: str) -> str:
+    if family in HEAD_BASES:  # fine-tuning something other than a built-in CNN
+        return (f"fine-tuning unfreezes a built-in CNN's top blocks; {name} is not one ({family}): train a 'head' "
+                "on its cached vectors, or fine-tune an EfficientNet-Lite")
+    return f"adapt starts from a network backbone; {name} is {family}: choose a CNN, a KerasHub model or your own"
+
 
 class Trainer:
     def __init__(self, models: Models, searcher: Searcher, indexer: Indexer):
@@ -51,8 +63,9 @@ class Trainer:
         base = self.models.resolve(base)
         if name is not None and self.models.exists(name):
             raise ServiceError(f"a model named {name!r} exists already")
-        if self.models.spec(base.backbone).family != "cnn":
-            raise ServiceError("adapt starts from a CNN backbone (a pretrained one, or any for 'scratch')")
+        family = self.models.spec(base.backbone).family
+        if family not in HEAD_BASES or (acfg.method == "finetune" and family != "cnn"):
+            raise ServiceError(_base_refusal(base.backbone, family))
         _, gallery = self.searcher.gallery(ref, base)
         labels = gallery.labels
         rest, held = A.split_by_image(labels, acfg.test_fraction, acfg.seed)
