@@ -265,11 +265,12 @@ def cmd_models(args) -> int:
     if args.json:
         _print_json(models)
         return 0
+    width = max((len(m["name"]) for m in models), default=20)
     for m in models:
         mark = "ready" if m["ready"] else "not ready"
-        print(f"{m['name']:<20} {m['family']:<12} dim {m['dim']:<5} input {m['input_size']:<4} {mark}: {m['status']}")
+        print(f"{m['name']:<{width}} {m['family']:<12} dim {m['dim']:<5} input {m['input_size']:<4} {mark}: {m['status']}")
         for key, entry in m.get("runtimes", {}).items():
-            print(f"{'':<20} runs {key}: {entry['runtime']} — {entry['note']}")
+            print(f"{'':<{width}} runs {key}: {entry['runtime']} — {entry['note']}")
     return 0
 
 

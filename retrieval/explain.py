@@ -24,6 +24,8 @@ score ``t(x_q) . t(x_r)`` splits exactly into per-position terms:
 A vision transformer's patch-mean descriptor (DINOv2 ``…-patchmean``) is the
 plain mean of its patch tokens, which may be negative: ``v = sum_s F[s] / S``,
 so ``a[s] * x = F[s] / (S |v|)`` exactly and the same split holds (``mean``).
+GAP is the same mean, so it takes this signed split too (a user's model may
+end in a map before its activation); for non-negative maps the two agree.
 A CLS token or an attention-pooling head mixes the patches non-linearly, so
 those descriptors are not split (the backbone says why).
 
@@ -70,7 +72,7 @@ def position_shares(fmap: np.ndarray, kind: str, p: float = DEFAULT_GEM_P) -> np
 
 def _parts(fmap: np.ndarray, kind: str, p: float, whitening: Whitening | None):
     """Per-position pieces of t(x), and t(x) itself."""
-    if kind == "mean":  # signed tokens, linear pooling: each position's own term
+    if kind in ("mean", "gap"):  # linear pooling: each position's own term, signed maps included
         f = np.asarray(fmap, np.float64).reshape(-1, fmap.shape[-1])
         v = f.mean(axis=0)
         pieces = f / (len(f) * max(float(np.linalg.norm(v)), 1e-12))  # (S, C): sums over s to x = v / |v|

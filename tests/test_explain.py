@@ -48,6 +48,8 @@ def test_signed_token_maps_split_exactly_under_mean_pooling(post):
     assert e.query_map.sum() == pytest.approx(e.score, abs=1e-6)
     assert e.result_map.sum() == pytest.approx(e.score, abs=1e-6)
     assert (e.query_map < 0).any() and (e.query_map > 0).any()  # signed tokens push as well as pull
+    gap = contributions(tokens[0], tokens[1], "gap", 1.0, whitening)  # a signed map pooled by GAP: the same split
+    np.testing.assert_allclose(gap.query_map, e.query_map, atol=1e-9)
 
 
 def test_real_photos_match_the_search_score(studio, indexed, photo_folder):

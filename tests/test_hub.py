@@ -201,7 +201,7 @@ def test_image_text_backbones(presets, images, name, preset, dim):
 # -- through the engine -------------------------------------------------------------
 def test_a_studio_indexes_and_searches_with_a_hub_model(presets, tmp_path):
     from retrieval import Studio
-    from retrieval.config import ExtractorConfig
+    from retrieval.config import ExtractorConfig, SearchConfig
 
     gallery = tmp_path / "gallery"
     for group in ("cat", "coffee", "rocket"):
@@ -213,8 +213,11 @@ def test_a_studio_indexes_and_searches_with_a_hub_model(presets, tmp_path):
         assert len(report.added) == 12 and report.computed == 12 and report.runtime == "Keras f32"
         first = studio._models.backbone(cfg)
         assert studio._models.backbone(cfg) is first  # the loaded network is reused, not built again
-        result = studio.search(gallery / "cat" / "chelsea.jpg", collection="hub", cfg=cfg)
+        # no re-ranking or centring: a random network's self-match is then exactly 1, whatever its weights
+        plain = SearchConfig(rerank="none", whiten="none")
+        result = studio.search(gallery / "cat" / "chelsea.jpg", collection="hub", cfg=cfg, scfg=plain)
         assert result.hits[0].name == "cat/chelsea.jpg" and result.runtime == "Keras f32"
+        assert result.hits[0].score == pytest.approx(1.0, abs=1e-5)
         listing = {m["name"]: m for m in studio.models()}
         assert listing["dinov2-small-patchmean"]["ready"] and listing["dinov2-small-patchmean"]["family"] == "hub"
     finally:
@@ -237,3 +240,65 @@ def test_real_presets_download_and_rank_a_cat(tmp_path_factory, monkeypatch, ima
     pictures /= np.linalg.norm(pictures, axis=1, keepdims=True)
     words /= np.linalg.norm(words, axis=1, keepdims=True)
     assert int(np.argmax(pictures @ words[0])) == 0
+
+
+def test_a_download_in_progress_never_holds_up_other_searches(tmp_path, monkeypatch):
+    """A preset downloading (minutes on a Space) must not hold the lock every other model's search takes.
+
+    A local endpoint accepts the download's first request and answers only when
+    told; meanwhile another thread loads a different backbone of the same
+    Studio. Then the endpoint says 404 and the build fails in one line.
+    """
+    import http.server
+    import threading
+
+    from retrieval import Studio
+    from retrieval.config import ExtractorConfig
+
+    asked, answer = threading.Event(), threading.Event()
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        def _stall(self):
+            asked.set()
+            answer.wait(60)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _stall
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("RETRIEVAL_DATA_DIR", str(tmp_path / "data"))
+    for name in ("HF_HUB_OFFLINE", "RETRIEVAL_OFFLINE", hub.PRESETS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    studio = Studio(tmp_path / "lock.sqlite", device="cpu")
+    failure: list[BaseException] = []
+
+    def download():
+        try:
+            studio._models.backbone(ExtractorConfig("dinov2-small-cls"))
+        except BaseException as exc:  # noqa: BLE001 - what the build said is asserted below
+            failure.append(exc)
+
+    downloading = threading.Thread(target=download)
+    try:
+        downloading.start()
+        assert asked.wait(30), "the download never reached the endpoint"
+        other = threading.Thread(target=lambda: studio._models.backbone(ExtractorConfig("colorhist")))
+        other.start()
+        other.join(20)
+        assert not other.is_alive(), "another backbone waited for the download: the lock is held through it"
+    finally:
+        answer.set()
+        downloading.join(60)
+        server.shutdown()
+        studio.close()
+    assert len(failure) == 1 and isinstance(failure[0], BackboneUnavailable)
+    message = str(failure[0])
+    assert "downloading hf://keras/dinov2_small" in message and "\n" not in message
+    assert not (tmp_path / "data" / "presets" / "dinov2_small").exists()  # nothing half-installed

@@ -144,7 +144,7 @@ def _one_line(exc_info) -> str:
 def test_a_feature_map_model_is_copied_by_hash_indexed_and_searched(studio, tiny, files, data):
     assert (tiny["output"], tiny["dim"], tiny["input_size"], tiny["output_shape"]) == ("feature map", 16, 32, [8, 8, 16])
     sha = hashlib.sha256(files["cnn"].read_bytes()).hexdigest()
-    assert tiny["sha256"] == sha and tiny["path"] == f"models/{sha}.keras"
+    assert tiny["sha256"] == sha and tiny["path"] == f"gallery.models/{sha}.keras"
     assert (data / tiny["path"]).read_bytes() == files["cnn"].read_bytes()
     result = studio.search(_query(), collection="demo", cfg=ExtractorConfig("tiny", "gap"))
     assert result.hits and result.hits[0].name == "cat/chelsea.jpg"
@@ -172,7 +172,7 @@ def test_nothing_is_written_outside_the_data_folder(studio, tiny, files, data):
     before = sorted(p.name for p in files["cnn"].parent.iterdir())
     studio.add_model("tiny-again", files["cnn"], preprocess="unit")  # same content: one copy
     assert sorted(p.name for p in files["cnn"].parent.iterdir()) == before
-    stored = sorted(p.name for p in (data / "models").iterdir())
+    stored = sorted(p.name for p in (data / "gallery.models").iterdir())
     assert stored == [Path(tiny["path"]).name]
     assert studio.remove_model("tiny-again")
     assert (data / tiny["path"]).exists()  # still named by "tiny"
@@ -303,7 +303,7 @@ def test_a_new_studio_on_the_same_database_knows_the_models(studio, tiny, data):
     ("bad", "custom", {"custom_objects": ["tests.no_such_module:Scale"]}, "cannot import custom object"),
 ])
 def test_every_refusal_is_one_line_and_leaves_nothing(studio, files, data, name, file, options, says):
-    before = sorted((data / "models").iterdir()) if (data / "models").exists() else []
+    before = sorted((data / "gallery.models").iterdir()) if (data / "gallery.models").exists() else []
     names = {m["name"] for m in studio.user_models()}
     with pytest.raises(ERRORS) as err:
         studio.add_model(name, files[file], **options)
@@ -311,7 +311,7 @@ def test_every_refusal_is_one_line_and_leaves_nothing(studio, files, data, name,
     if file == "cnn" and "layer" in options:
         assert str(err.value).endswith("c1, c2, c3")
     assert {m["name"] for m in studio.user_models()} == names
-    after = sorted((data / "models").iterdir()) if (data / "models").exists() else []
+    after = sorted((data / "gallery.models").iterdir()) if (data / "gallery.models").exists() else []
     assert after == before
 
 
@@ -423,3 +423,51 @@ def test_a_head_trains_on_a_file_model_which_then_cannot_be_removed_under_it(stu
         studio.add_model("base-for-head", files["embedding"], replace=True)
     assert studio.delete_adapted("head-on-file")
     assert studio.remove_model("base-for-head")
+
+
+def test_two_databases_in_one_folder_keep_their_own_copies(tmp_path, files):
+    """A copy belongs to its database's folder: removing it from one never breaks the other."""
+    from retrieval import Studio
+
+    a, b = Studio(tmp_path / "a.sqlite", device="cpu", runtime="keras"), Studio(tmp_path / "b.sqlite", device="cpu",
+                                                                               runtime="keras")
+    try:
+        ra, rb = a.add_model("same", files["cnn"]), b.add_model("same", files["cnn"])
+        assert ra["path"].startswith("a.models/") and rb["path"].startswith("b.models/")
+        assert a.remove_model("same")
+        assert not (tmp_path / ra["path"]).exists() and (tmp_path / rb["path"]).is_file()
+        pixels = np.zeros((1, 32, 32, 3), np.uint8)
+        assert b._models.backbone(ExtractorConfig("same", "gap")).embed(pixels).shape == (1, 16)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_model_replaced_by_another_studio_is_never_served_from_memory(tmp_path, files, gallery):
+    """The app keeps running while the CLI replaces or removes a model on its database."""
+    from retrieval import Studio
+
+    db = tmp_path / "shared.sqlite"
+    app, cli = Studio(db, device="cpu", runtime="keras"), Studio(db, device="cpu", runtime="keras")
+    query, plain = _query(), SearchConfig(rerank="none", whiten="none", k=3)
+    try:
+        app.add_model("m", files["cnn"], preprocess="unit")
+        cfg = ExtractorConfig("m", "gap")
+        app.index(gallery, collection="g", cfg=cfg)
+        before = app.search(query, "g", cfg, plain)
+        cli.add_model("m", files["embedding"], preprocess="tf", replace=True)  # another process's view
+        after = app.search(query, "g", cfg, plain)
+        assert after.config != before.config and after.config == cli.search(query, "g", cfg, plain).config
+        fresh = Studio(db, device="cpu", runtime="keras")
+        try:
+            assert [h.score for h in after.hits] == pytest.approx([h.score for h in fresh.search(query, "g", cfg,
+                                                                                                 plain).hits])
+        finally:
+            fresh.close()
+        assert cli.remove_model("m")
+        with pytest.raises(ERRORS) as err:
+            app.search(query, "g", cfg, plain)
+        assert "unknown model 'm'" in _one_line(err)
+    finally:
+        app.close()
+        cli.close()

@@ -34,7 +34,7 @@ from .hub_presets import (
 )
 
 __all__ = ["PRESETS_ENV", "SPECS", "HubBackbone", "downloadable", "fetch", "is_text_capable", "local_preset",
-           "reachable"]
+           "prefetch", "reachable"]
 
 
 # -- the loaded networks --------------------------------------------------------
@@ -192,6 +192,16 @@ class JointSpace(HubBackbone):
 
 _CLASSES = {("dinov2", "cls"): DinoV2, ("dinov2", "patchmean"): DinoV2PatchMean,
             ("clip", "image"): JointSpace, ("siglip", "image"): JointSpace}
+
+
+def prefetch(name: str) -> None:
+    """Make a preset local before its network is built (the caller holds no lock while it downloads).
+
+    Offline, it fails as the build would, in one line (and the build is not tried again).
+    """
+    preset = PRESETS.get(name)
+    if preset is not None and keras_hub_installed() and local_preset(preset.preset) is None:
+        fetch(preset)
 
 
 def _build(p: HubPreset):

@@ -218,7 +218,8 @@ def fetch(p: HubPreset) -> Path:
 
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            snapshot_download(repo_id=f"keras/{p.preset}", local_dir=partial)
+            # the endpoint the probe checked (huggingface_hub reads HF_ENDPOINT once, at its import)
+            snapshot_download(repo_id=f"keras/{p.preset}", local_dir=partial, endpoint=os.environ.get("HF_ENDPOINT"))
             if not (partial / "config.json").is_file():
                 return fail(f"{p.name}: hf://keras/{p.preset} holds no KerasHub preset (no config.json)")
             shutil.rmtree(partial / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping

@@ -10,11 +10,12 @@ database when another Studio or process added it.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from dataclasses import replace
 from pathlib import Path
 
-from ..backbones import REGISTRY, SINGLE, Backbone, BackboneSpec, BackboneUnavailable, fusion, get_spec
+from ..backbones import REGISTRY, SINGLE, Backbone, BackboneSpec, BackboneUnavailable, fusion, get_spec, hub
 from ..backbones.adapted import spec_for
 from ..backbones.user_options import UserModelOptions
 from ..config import ExtractorConfig
@@ -62,6 +63,9 @@ class Models:
                 raise BackboneUnavailable(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
             # brought as a file, or trained, here or by another Studio on this database?
             found = self.user.find(name)
+            # a network loaded from another file (or options) under this name is never served again
+            self._loaded = {k: v for k, v in self._loaded.items()
+                            if k[0] != name or (found is not None and k[1] == found.weights)}
             if found is not None:
                 return found
             rows = self.store.adapted(name)
@@ -141,6 +145,8 @@ class Models:
                  logits: bool = False) -> Backbone:
         placement = self.placement(device) if spec.family in CNN_FAMILIES else None
         key = (cfg.backbone, cfg.weights, cfg.input_size, getattr(placement, "kind", "cpu"))
+        if spec.family == "hub" and key not in self._loaded:
+            hub.prefetch(spec.name)  # a download (minutes) never holds the lock every search needs
         with self._lock:
             base = self._loaded.get(key)
             if base is None:
@@ -279,16 +285,25 @@ class Models:
             raise ServiceError(f"{name!r} is a model trained with adapt: choose another name")
         if self.user.find(name) is not None and not replace:
             raise ServiceError(f"a model named {name!r} exists already: remove it, or add with replace")
-        row = self.user.prepare(name, Path(source), options)
+        row = self.user.prepare(name, Path(source), options)  # its copy is pending until settled
         replaced = None
-        with self._lock:
-            if self.user.find(name) is not None:
-                if not replace:  # added meanwhile, by another thread
-                    self.user.discard(row["path"])
-                    raise ServiceError(f"a model named {name!r} exists already: remove it, or add with replace")
-                replaced = self._drop_user(name)
-            self.store.save_user_model(row)
-            self.user.register(self.store.user_models(name)[0])
+        try:
+            with self._lock:
+                if self.user.find(name) is not None:
+                    if not replace:  # added meanwhile, by another thread
+                        raise ServiceError(f"a model named {name!r} exists already: remove it, or add with replace")
+                    replaced = self._drop_user(name)
+                try:
+                    self.store.save_user_model(row)
+                except sqlite3.IntegrityError:  # added meanwhile, by another process
+                    raise ServiceError(f"a model named {name!r} was just added by another process: remove it, "
+                                       "or add with replace") from None
+                self.user.register(self.store.user_models(name)[0])
+        except BaseException:
+            self.user.settled(row["path"])
+            self.user.discard(row["path"])  # kept if anything else names it
+            raise
+        self.user.settled(row["path"])
         if replaced is not None:
             self.user.discard(replaced)  # kept when the new row names the same copy
         return self.user.describe(name)
@@ -318,4 +333,11 @@ class Models:
         return rel
 
     def user_models(self) -> list[dict]:
-        return [self.user.describe(row["name"]) for row in self.store.user_models() if self.user.find(row["name"])]
+        with self._lock:  # a concurrent remove must not pull a row out from under ``describe``
+            return [self.user.describe(row["name"]) for row in self.store.user_models() if self._usable(row["name"])]
+
+    def _usable(self, name: str) -> bool:
+        try:
+            return self.user.find(name) is not None
+        except (BackboneUnavailable, ValueError, KeyError):  # a broken row: listed nowhere, refused by name
+            return False

@@ -166,32 +166,40 @@ class Searcher:
         return vector, {"decode_ms": decode_ms, "embed_ms": _ms(start)}, backbone
 
     def _embed_text(self, query: TextQuery, cfg: ExtractorConfig, device: str | None, runtime: str | None):
-        """Words -> the text tower's L2-normalised vector; refused before any model loads when there is none."""
+        """Words -> the text tower's L2-normalised vector."""
+        text = self._checked_words(query, cfg)
+        backbone = self.models.backbone(cfg, device, runtime)
+        if not callable(getattr(backbone, "text_embed", None)):
+            raise ServiceError(f"{cfg.backbone} has no text tower")
+        start = time.perf_counter()
+        vector = l2_normalize(backbone.text_embed([text]))[0]
+        return vector, {"embed_ms": _ms(start)}, backbone
+
+    def _checked_words(self, query: TextQuery, cfg: ExtractorConfig) -> str:
+        """The words, or a one-line refusal before any model loads or any gallery is indexed."""
         from ..backbones import text_models
 
         text = " ".join(str(query.text or "").split())
         if not text:
             raise ServiceError("the text is empty: type some words")
-        backbone = (self.models.backbone(cfg, device, runtime)
-                    if self.models.spec(cfg.backbone).name in text_models() else None)
-        if not callable(getattr(backbone, "text_embed", None)):
+        if self.models.spec(cfg.backbone).name not in text_models():
             raise ServiceError(f"{cfg.backbone} has no text tower, so words cannot rank its vectors: choose an "
                                f"image-text backbone ({', '.join(text_models())}), or search the captions and tags")
-        start = time.perf_counter()
-        vector = l2_normalize(backbone.text_embed([text]))[0]
-        return vector, {"embed_ms": _ms(start)}, backbone
+        return text
 
-    @staticmethod
-    def for_query(image, scfg: SearchConfig) -> SearchConfig:
+    def for_query(self, image, cfg: ExtractorConfig, scfg: SearchConfig) -> SearchConfig:
         """How a query of this kind ranks: words are never centred or whitened on the images' statistics.
 
         Centring and PCA-whitening are learned on image vectors; applied to a
         text vector they would move it by the images' mean, which says nothing
         about the words. Re-ranking stays: it works on the gallery's side.
+        Words for a backbone without a text tower are refused here, first.
         """
         if not isinstance(image, TextQuery):
             return scfg
         from .. import distances
+
+        self._checked_words(image, cfg)
 
         if distances.METRICS[scfg.metric].whitened:
             raise ServiceError(f"the {scfg.metric} metric is learned on the images' vectors; rank words with cosine "
@@ -201,7 +209,7 @@ class Searcher:
     def search(self, image, ref: CollectionRef, cfg: ExtractorConfig, scfg: SearchConfig, device: str | None = None,
                progress: Progress | None = None, runtime: str | None = None) -> SearchResult:
         cfg = self.models.resolve(cfg)
-        scfg = self.for_query(image, scfg)
+        scfg = self.for_query(image, cfg, scfg)
         if self.served_by_milvus(ref, scfg):
             return self._search_milvus(image, ref, cfg, scfg, device, runtime, progress)
         return self._search(image, ref, cfg, scfg, device, runtime, progress)[0]
@@ -247,14 +255,15 @@ class Searcher:
                 runtimes: tuple[str | None, str | None] = (None, None), b_query=None) -> Comparison:
         """Two configurations, one query (or ``b_query`` for B, e.g. words against A's image): both lists and how they agree."""
         queries = (image, image if b_query is None else b_query)
-        for query, (_, scfg) in zip(queries, (a, b)):
-            if self.served_by_milvus(ref, self.for_query(query, scfg)):
+        for query, (cfg, scfg) in zip(queries, (a, b)):
+            if self.served_by_milvus(ref, self.for_query(query, self.models.resolve(cfg), scfg)):
                 raise ServiceError("Compare ranks the whole gallery, which a Milvus-served gallery never loads: "
                                    "compare with index 'exact'")
         results, orders = [], []
         for query, (cfg, scfg), device, runtime in zip(queries, (a, b), devices, runtimes):
-            result, gallery, ranker, vector = self._search(query, ref, self.models.resolve(cfg),
-                                                           self.for_query(query, scfg), device, runtime, progress)
+            cfg = self.models.resolve(cfg)
+            result, gallery, ranker, vector = self._search(query, ref, cfg, self.for_query(query, cfg, scfg), device,
+                                                           runtime, progress)
             results.append(result)
             orders.append((gallery, ranker.full_order(vector[None])[0]))
         # Align both orders on image identity: the two galleries may differ
