@@ -131,10 +131,15 @@ def exposure_warning(settings: AppSettings, folders: list[str]) -> str | None:
 
 
 def _prepare_environment(settings: AppSettings) -> None:
-    """Before Gradio is imported: no outside calls, uploads inside the data folder."""
+    """Before Gradio is imported: no outside calls, uploads inside the data folder.
+
+    The Hub client stays online (no ``HF_HUB_OFFLINE``): its one use here is
+    downloading a KerasHub preset someone picked (``retrieval.backbones.hub``),
+    which is how a Space with network access offers DINOv2 and CLIP.
+    ``RETRIEVAL_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) turns that off too.
+    """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["GRADIO_TEMP_DIR"] = str(settings.data_dir / "gradio-uploads")
     # Converted weights and Keras' own files also stay in the data folder
     # unless the user pointed them elsewhere.

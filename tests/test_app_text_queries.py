@@ -172,3 +172,18 @@ def test_menus_offer_the_presets_that_would_download_when_the_hub_answers(monkey
     assert asked == [1]  # the hub is asked once, and only because something would download
     monkeypatch.setenv("RETRIEVAL_OFFLINE", "1")
     assert menu_models(models, online=lambda: pytest.fail("forced offline: never ask the network")) == offline
+
+
+def test_the_app_leaves_the_hub_client_online_for_preset_downloads(tmp_path):
+    """A Space downloads DINOv2 or CLIP when picked: the app must not switch the Hub client off for it."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "RETRIEVAL_OFFLINE")}
+    code = ("import os, app; app._prepare_environment(app.parse_args(['--data-dir', os.environ['D']])); "
+            "print(os.environ.get('HF_HUB_OFFLINE'), os.environ.get('GRADIO_ANALYTICS_ENABLED'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env={**env, "D": str(tmp_path)}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None", "False"]  # online for the Hub, analytics still off
