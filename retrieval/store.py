@@ -300,6 +300,9 @@ class Store(UserModelRows):
             if row:
                 return row[0]
             with self.db.atomic():
+                # a file model removed or replaced since the caller resolved it: no row for the old file
+                if str(cfg.weights).startswith("sha256:") and not self.user_model_current(cfg.backbone, cfg.weights):
+                    raise StoreError(f"the model {cfg.backbone!r} was removed or replaced meanwhile: try again")
                 return self.db["configs"].insert(
                     {"key": cfg.key, "backbone": cfg.backbone, "weights": cfg.weights, "input_size": cfg.input_size,
                      "pooling": cfg.pooling, "gem_p": cfg.gem_p, "dim": dim, "created": _now()}

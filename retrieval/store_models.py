@@ -39,6 +39,14 @@ class UserModelRows:
                + (" WHERE name = ?" if name is not None else "") + " ORDER BY added_at, name")
         return [dict(zip(USER_MODEL_COLUMNS, r)) for r in self._read(sql, [name] if name is not None else [])]
 
+    def user_model_current(self, name: str, weights: str) -> bool:
+        """Whether ``weights`` (``sha256:<file>.<options>``) is what model ``name`` is now; call under the lock."""
+        from .backbones.user_file import content_id
+        from .backbones.user_options import UserModelOptions
+
+        row = self.db.execute("SELECT sha256, options FROM user_models WHERE name = ?", [name]).fetchone()
+        return row is not None and content_id(row[0], UserModelOptions.from_json(row[1])) == weights
+
     def user_model_paths(self) -> set[str]:
         """Stored copies still referenced by some model (two names may share one file)."""
         return {r[0] for r in self._read("SELECT path FROM user_models")}

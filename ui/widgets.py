@@ -13,8 +13,9 @@ from retrieval.config import DEFAULT_BACKBONE, DEFAULT_METRIC, DEFAULT_RERANK, M
 from retrieval.device import DeviceError
 from retrieval.pooling import POOLINGS
 from retrieval.rerank import describe as describe_reranks
+from retrieval.store import StoreError
 
-USER_ERRORS = (ServiceError, BackboneUnavailable, DeviceError, ValueError, Cancelled)
+USER_ERRORS = (ServiceError, BackboneUnavailable, DeviceError, StoreError, ValueError, Cancelled)
 MODEL = {"concurrency_id": "model"}  # every event that runs a network shares the default limit (4), not 4 each
 PRIVATE = {"api_visibility": "private"}  # UI-only events: not callable through the API
 

@@ -76,9 +76,18 @@ class Models:
             return self._trained[name]
 
     def resolve(self, cfg: ExtractorConfig) -> ExtractorConfig:
-        """Everything the backbone implies filled in; a fusion takes its recipe's canonical name."""
+        """Everything the backbone implies filled in; a fusion takes its recipe's canonical name.
+
+        A file model's configuration, once resolved, names its file's content
+        (``sha256:…``): resolving it again after the model was replaced is
+        refused, so one search never ranks one file's gallery vectors against
+        another file's query vector.
+        """
         spec = self.spec(cfg.backbone)
-        return replace(cfg, backbone=spec.name).resolved(spec)
+        resolved = replace(cfg, backbone=spec.name).resolved(spec)
+        if spec.family == "file" and str(cfg.weights).startswith("sha256:") and cfg.weights != resolved.weights:
+            raise ServiceError(f"the model {cfg.backbone!r} was replaced while this ran: try again")
+        return resolved
 
     def listing(self) -> list[dict]:
         """Every backbone, and for CNNs what ran each configuration used so far, and why."""
@@ -86,7 +95,9 @@ class Models:
 
         chosen = remembered()
         out = []
-        users = list(self.user.specs.items()) if self.user is not None else []
+        with self._lock:  # as the database has them now: another Studio may have replaced or removed some
+            users = ([(row["name"], self.user.specs[row["name"]]) for row in self.store.user_models()
+                      if self._usable(row["name"])] if self.user is not None else [])
         for name, spec in [*REGISTRY.items(), *self._trained.items(), *users]:
             ready, why = spec.ready()
             runtimes = {key: entry for key, entry in chosen.items() if key.split("|")[0] == spec.name}
