@@ -11,25 +11,18 @@ the stored vectors in test_text_queries.py.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+import test_app_browser  # Chromium, and its rule: skip here, fail in CI without it
 from conftest import start_app, stop_app
 from tiny_presets import make_presets
 
 from retrieval.backbones import hub
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
-TIMEOUT_MS = 120_000
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("CI: Chromium is missing (apt-get install chromium); browser tests must run in CI")
-    pytest.skip("Chromium not installed; run tests/install.sh", allow_module_level=True)
+TIMEOUT_MS = test_app_browser.TIMEOUT_MS
+browser = test_app_browser.browser  # the same module-scoped Chromium fixture
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +34,6 @@ def app_url(tmp_path_factory):
         proc, url, log = start_app(data)
     yield url
     stop_app(proc, log)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -276,6 +276,9 @@ def test_a_download_in_progress_never_holds_up_other_searches(tmp_path, monkeypa
     monkeypatch.setenv("RETRIEVAL_DATA_DIR", str(tmp_path / "data"))
     for name in ("HF_HUB_OFFLINE", "RETRIEVAL_OFFLINE", hub.PRESETS_ENV):
         monkeypatch.delenv(name, raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, at its import: another test module of this session may have
+    # imported it while the variable was set, so its flag follows the environment set here
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     studio = Studio(tmp_path / "lock.sqlite", device="cpu")
     failure: list[BaseException] = []
 
